@@ -1,0 +1,232 @@
+"""The computational graph of a decoder-only transformer, in EAP-IG / MIB names.
+
+Writers (graph sources), in forward order::
+
+    input, a0.h0 … a0.h{H-1}, m0, a1.h0 …, m{L-1}
+
+Readers (graph destinations), in the order of EAP-IG's dense layout::
+
+    a0.h0<q> … a0.h{H-1}<q>, a0.h0<k> …, a0.h0<v> …, m0, a1.h0<q> …, logits
+
+An attention head in layer ``l`` reads ``input`` and every writer of the layers
+before ``l``; the MLP in layer ``l`` also reads layer ``l``'s heads; ``logits``
+reads every writer. Edges are named ``"{writer}->{reader}"`` (``input->a0.h0<q>``,
+``a0.h1->m0``, ``m11->logits``) and listed in the order EAP-IG's
+``Graph.from_model`` creates them, so a circuit file is interchangeable with
+EAP-IG and MIB. GPT-2 small (12 layers, 12 heads) has 158 nodes and 32,491 edges.
+
+Grouped-query attention is counted *ungrouped*: every query head has its own
+key and value readers (EAP-IG's ``ungroup_grouped_query_attention``), so the graph
+depends only on the number of layers and of query heads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+
+import torch
+
+__all__ = ["Graph"]
+
+_HEAD_RE = re.compile(r"^a(\d+)\.h(\d+)$")
+_MLP_RE = re.compile(r"^m(\d+)$")
+_HEAD_READER_RE = re.compile(r"^a(\d+)\.h(\d+)<([qkv])>$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Graph:
+    """Writers, readers and edges of an ``n_layers`` x ``n_heads`` transformer."""
+
+    n_layers: int
+    n_heads: int
+
+    def __post_init__(self):
+        for field in ("n_layers", "n_heads"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"Graph.{field} must be a positive int, got {value!r}")
+
+    # ----------------------------------------------------------------- writers
+    @property
+    def n_writers(self) -> int:
+        return 1 + self.n_layers * (self.n_heads + 1)
+
+    def head_writer(self, layer: int, head: int) -> int:
+        return 1 + layer * (self.n_heads + 1) + head
+
+    def mlp_writer(self, layer: int) -> int:
+        return 1 + layer * (self.n_heads + 1) + self.n_heads
+
+    @functools.cached_property
+    def writer_names(self) -> tuple[str, ...]:
+        names = ["input"]
+        for layer in range(self.n_layers):
+            names += [f"a{layer}.h{h}" for h in range(self.n_heads)]
+            names.append(f"m{layer}")
+        return tuple(names)
+
+    @functools.cached_property
+    def _writer_lookup(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.writer_names)}
+
+    def writer_index(self, name: str) -> int:
+        try:
+            return self._writer_lookup[name]
+        except KeyError:
+            raise KeyError(
+                f"unknown writer {name!r} for a {self.n_layers}-layer, {self.n_heads}-head "
+                f"graph; writers are 'input', 'a{{l}}.h{{h}}' and 'm{{l}}'"
+            ) from None
+
+    # ----------------------------------------------------------------- readers
+    @property
+    def n_readers(self) -> int:
+        return self.n_layers * (3 * self.n_heads + 1) + 1
+
+    def head_reader(self, layer: int, head: int, port: str) -> int:
+        return layer * (3 * self.n_heads + 1) + "qkv".index(port) * self.n_heads + head
+
+    def mlp_reader(self, layer: int) -> int:
+        return layer * (3 * self.n_heads + 1) + 3 * self.n_heads
+
+    @property
+    def logits_reader(self) -> int:
+        return self.n_readers - 1
+
+    @functools.cached_property
+    def reader_names(self) -> tuple[str, ...]:
+        names = []
+        for layer in range(self.n_layers):
+            for port in "qkv":
+                names += [f"a{layer}.h{h}<{port}>" for h in range(self.n_heads)]
+            names.append(f"m{layer}")
+        names.append("logits")
+        return tuple(names)
+
+    @functools.cached_property
+    def _reader_lookup(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.reader_names)}
+
+    def reader_index(self, name: str) -> int:
+        try:
+            return self._reader_lookup[name]
+        except KeyError:
+            raise KeyError(
+                f"unknown reader {name!r} for a {self.n_layers}-layer, {self.n_heads}-head "
+                f"graph; readers are 'a{{l}}.h{{h}}<q|k|v>', 'm{{l}}' and 'logits'"
+            ) from None
+
+    def n_visible_writers(self, reader: int) -> int:
+        """How many writers (a prefix of the writer order) ``reader`` reads."""
+        if reader == self.logits_reader:
+            return self.n_writers
+        layer, offset = divmod(reader, 3 * self.n_heads + 1)
+        first_of_layer = 1 + layer * (self.n_heads + 1)
+        return first_of_layer + (self.n_heads if offset == 3 * self.n_heads else 0)
+
+    # ------------------------------------------------------------------- edges
+    @functools.cached_property
+    def edges(self) -> tuple[tuple[int, int], ...]:
+        """(writer, reader) index pairs in EAP-IG's creation order."""
+        out = []
+        visible = [0]
+        for layer in range(self.n_layers):
+            heads = [self.head_writer(layer, h) for h in range(self.n_heads)]
+            for w in visible:
+                for h in range(self.n_heads):
+                    for port in "qkv":
+                        out.append((w, self.head_reader(layer, h, port)))
+            visible = visible + heads
+            for w in visible:
+                out.append((w, self.mlp_reader(layer)))
+            visible = visible + [self.mlp_writer(layer)]
+        for w in visible:
+            out.append((w, self.logits_reader))
+        return tuple(out)
+
+    @property
+    def n_edges(self) -> int:
+        return len(self.edges)
+
+    @functools.cached_property
+    def edge_names(self) -> tuple[str, ...]:
+        w, r = self.writer_names, self.reader_names
+        return tuple(f"{w[i]}->{r[j]}" for i, j in self.edges)
+
+    @functools.cached_property
+    def _edge_lookup(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.edge_names)}
+
+    def edge_position(self, name: str) -> int:
+        """Position of edge ``name`` in :attr:`edges`."""
+        try:
+            return self._edge_lookup[name]
+        except KeyError:
+            raise KeyError(
+                f"edge {name!r} is not in the {self.n_layers}-layer, {self.n_heads}-head graph "
+                f"(names look like 'input->a0.h0<q>', 'a0.h1->m0', 'm0->logits'; a reader "
+                f"only reads writers of earlier layers, and an MLP its own layer's heads)"
+            ) from None
+
+    @functools.cached_property
+    def edge_index_tensor(self) -> torch.Tensor:
+        """``[2, n_edges]`` long tensor: row 0 writers, row 1 readers."""
+        return torch.tensor(self.edges, dtype=torch.long).T.contiguous()
+
+    @functools.cached_property
+    def valid(self) -> torch.Tensor:
+        """``[n_writers, n_readers]`` bool matrix of the edges that exist."""
+        m = torch.zeros(self.n_writers, self.n_readers, dtype=torch.bool)
+        idx = self.edge_index_tensor
+        m[idx[0], idx[1]] = True
+        return m
+
+    # ---------------------------------------------------------- conversions
+    def dense(self, values: torch.Tensor) -> torch.Tensor:
+        """Scatter per-edge ``values`` (``[n_edges]``) into a ``[W, R]`` matrix (0 elsewhere)."""
+        if values.shape != (self.n_edges,):
+            raise ValueError(
+                f"expected one value per edge, shape ({self.n_edges},), got {tuple(values.shape)}"
+            )
+        idx = self.edge_index_tensor.to(values.device)
+        out = values.new_zeros(self.n_writers, self.n_readers)
+        return out.index_put((idx[0], idx[1]), values)
+
+    def edge_mask(self, names) -> torch.Tensor:
+        """A ``[n_edges]`` float mask with 1 on the named edges."""
+        mask = torch.zeros(self.n_edges)
+        for name in names:
+            mask[self.edge_position(name)] = 1.0
+        return mask
+
+    def names_of(self, mask: torch.Tensor) -> list[str]:
+        """Edge names where a ``[n_edges]`` mask is nonzero, in graph order."""
+        if mask.shape != (self.n_edges,):
+            raise ValueError(f"expected shape ({self.n_edges},), got {tuple(mask.shape)}")
+        return [self.edge_names[i] for i in torch.nonzero(mask).flatten().tolist()]
+
+    @staticmethod
+    def nodes_of(edge_names) -> list[str]:
+        """Nodes incident to ``edge_names`` (q/k/v ports merged into their head)."""
+        nodes = set()
+        for name in edge_names:
+            writer, reader = name.split("->")
+            nodes.add(writer)
+            nodes.add(reader.split("<")[0])
+        return sorted(nodes, key=_node_sort_key)
+
+
+def _node_sort_key(name: str):
+    if name == "input":
+        return (-1, 0, 0)
+    if name == "logits":
+        return (10**9, 0, 0)
+    m = _HEAD_RE.match(name)
+    if m:
+        return (int(m.group(1)), 0, int(m.group(2)))
+    m = _MLP_RE.match(name)
+    if m:
+        return (int(m.group(1)), 1, 0)
+    return (10**9 + 1, 0, 0)

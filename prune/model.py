@@ -1,0 +1,418 @@
+"""One decoder-only transformer for Tracr, GPT-2 and Llama, with a masked mode.
+
+Plain mode is an ordinary residual-stream transformer. Masked mode gives every
+reader of the graph (:mod:`prune.graph`) its own input::
+
+    x_r = sum_w  z[w, r] * clean_w + (1 - z[w, r]) * ablated_w
+
+followed by the layer's norm (if any) and the reader's own slice of the weights
+(head h's query/key/value weights, the MLP, the unembedding). ``clean_w`` is
+writer w's output in this (masked) run; ``ablated_w`` is what stands in for it
+when an edge is pruned (see :mod:`prune.ablation`). Optional node masks act on
+writers: a writer with node mask ``n_w`` writes ``n_w * clean_w + (1 - n_w) *
+ablated_w`` to all its readers.
+
+Every writer's output is exact: a head's share of the attention output bias is
+``b_O / n_heads`` and the MLP owns its output bias, so the writers sum to the
+residual stream and plain and masked (all masks 1) runs agree.
+
+Shapes: B batch, S positions, D d_model, H query heads, G key/value heads,
+E d_head, F d_mlp, W writers, R readers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prune.graph import Graph
+
+__all__ = ["TransformerConfig", "Transformer"]
+
+Norm = Literal["none", "layernorm", "rmsnorm"]
+Activation = Literal["relu", "gelu", "gelu_tanh", "silu"]
+Positional = Literal["learned", "rotary"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TransformerConfig:
+    """Architecture of :class:`Transformer`; loaders build one per source model."""
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_head: int
+    d_mlp: int
+    n_positions: int
+    n_kv_heads: int | None = None  # None: as many as query heads
+    d_out: int | None = None  # None: vocab_size logits
+    norm: Norm = "none"
+    norm_eps: float = 1e-5
+    activation: Activation = "relu"
+    gated_mlp: bool = False  # SwiGLU-style: act(x W_gate) * (x W_in)
+    positional: Positional = "learned"
+    rope_theta: float = 10000.0
+    causal: bool = True
+    attn_bias: bool = True  # query/key/value biases
+    attn_out_bias: bool = True
+    mlp_bias: bool = True
+    unembed_bias: bool = False
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_head", "d_mlp", "n_positions"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"TransformerConfig.{name} must be a positive int, got {value!r}")
+        if self.n_heads % self.kv_heads:
+            raise ValueError(
+                f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}"
+            )
+        choices = {"norm": Norm, "activation": Activation, "positional": Positional}
+        for name, kind in choices.items():
+            if getattr(self, name) not in kind.__args__:
+                raise ValueError(
+                    f"TransformerConfig.{name}={getattr(self, name)!r}; choose one of {kind.__args__}"
+                )
+        if self.positional == "rotary" and self.d_head % 2:
+            raise ValueError(f"rotary positions need an even d_head, got {self.d_head}")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def out_size(self) -> int:
+        return self.d_out or self.vocab_size
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TransformerConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - fields
+        if unknown:
+            raise ValueError(f"unknown TransformerConfig fields {sorted(unknown)}")
+        return cls(**d)
+
+
+class _Norm(nn.Module):
+    def __init__(self, kind: Norm, d: int, eps: float):
+        super().__init__()
+        self.kind, self.eps = kind, eps
+        if kind != "none":
+            self.weight = nn.Parameter(torch.ones(d))
+        if kind == "layernorm":
+            self.bias = nn.Parameter(torch.zeros(d))
+
+    def forward(self, x):  # any leading dims, last dim D
+        if self.kind == "none":
+            return x
+        if self.kind == "layernorm":
+            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+        # RMSNorm in float32, as Llama does, then back to the input dtype.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class Block(nn.Module):
+    """Weights of one layer. Heads are kept apart so each reader can use its own slice."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        H, G, D, E, Fh = cfg.n_heads, cfg.kv_heads, cfg.d_model, cfg.d_head, cfg.d_mlp
+        self.ln1 = _Norm(cfg.norm, D, cfg.norm_eps)
+        self.W_Q = nn.Parameter(torch.zeros(H, D, E))
+        self.W_K = nn.Parameter(torch.zeros(G, D, E))
+        self.W_V = nn.Parameter(torch.zeros(G, D, E))
+        self.W_O = nn.Parameter(torch.zeros(H, E, D))
+        self.b_Q = nn.Parameter(torch.zeros(H, E)) if cfg.attn_bias else None
+        self.b_K = nn.Parameter(torch.zeros(G, E)) if cfg.attn_bias else None
+        self.b_V = nn.Parameter(torch.zeros(G, E)) if cfg.attn_bias else None
+        self.b_O = nn.Parameter(torch.zeros(D)) if cfg.attn_out_bias else None
+        self.ln2 = _Norm(cfg.norm, D, cfg.norm_eps)
+        self.W_in = nn.Parameter(torch.zeros(D, Fh))
+        self.W_gate = nn.Parameter(torch.zeros(D, Fh)) if cfg.gated_mlp else None
+        self.W_out = nn.Parameter(torch.zeros(Fh, D))
+        self.b_in = nn.Parameter(torch.zeros(Fh)) if cfg.mlp_bias else None
+        self.b_out = nn.Parameter(torch.zeros(D)) if cfg.mlp_bias else None
+
+
+class _ReadWriters(torch.autograd.Function):
+    """Readers' inputs from a prefix of the writer stack, without copying the stack.
+
+    ``stack[:n]`` holds the writers' outputs (filled as they are computed, never
+    rewritten within a forward pass); ``blocks`` are the same outputs as autograd
+    tensors, so gradients reach them. Forward: ``z.T @ stack[:n] + (1 - z).T @
+    ablated[:n]``, one matmul over contiguous memory instead of a sum of
+    per-writer copies.
+    """
+
+    @staticmethod
+    def forward(ctx, z, stack, ablated, n, *blocks):
+        R = z.shape[1]
+        _, B, S, D = stack.shape
+        out = (z.t() @ stack[:n].reshape(n, -1)).view(R, B, S * D)
+        if ablated is not None:
+            ab = ablated[:n].reshape(n, -1)  # [n, B' * S * D] with B' in {1, B}
+            out = out + ((1 - z).t() @ ab).view(R, ablated.shape[1], S * D)
+        ctx.save_for_backward(z)
+        ctx.stack, ctx.ablated, ctx.n = stack, ablated, n
+        ctx.sizes = [b.shape[0] for b in blocks]
+        return out.view(R, B, S, D)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (z,) = ctx.saved_tensors
+        n, stack, ablated = ctx.n, ctx.stack, ctx.ablated
+        R, B, S, D = grad.shape
+        g = grad.reshape(R, -1)
+        grad_z = None
+        if ctx.needs_input_grad[0]:
+            grad_z = stack[:n].reshape(n, -1) @ g.t()
+            if ablated is not None:
+                g_ab = g.view(R, B, S * D)
+                if ablated.shape[1] == 1:
+                    g_ab = g_ab.sum(1, keepdim=True)
+                grad_z = grad_z - ablated[:n].reshape(n, -1) @ g_ab.reshape(R, -1).t()
+        grads = [None] * len(ctx.sizes)
+        if any(ctx.needs_input_grad[4:]):
+            grads = list((z @ g).view(n, B, S, D).split(ctx.sizes))
+        return (grad_z, None, None, None, *grads)
+
+
+class Transformer(nn.Module):
+    """Decoder-only transformer; ``forward`` runs plain or masked (see module doc)."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.graph = Graph(n_layers=cfg.n_layers, n_heads=cfg.n_heads)
+        self.W_E = nn.Parameter(torch.zeros(cfg.vocab_size, cfg.d_model))
+        self.W_pos = (
+            nn.Parameter(torch.zeros(cfg.n_positions, cfg.d_model))
+            if cfg.positional == "learned"
+            else None
+        )
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = _Norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.W_U = nn.Parameter(torch.zeros(cfg.d_model, cfg.out_size))
+        self.b_U = nn.Parameter(torch.zeros(cfg.out_size)) if cfg.unembed_bias else None
+
+    # ------------------------------------------------------------ components
+    def _check_tokens(self, tokens: torch.Tensor):
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [batch, seq], got shape {tuple(tokens.shape)}")
+        if tokens.dtype not in (torch.long, torch.int32, torch.int64):
+            raise ValueError(f"tokens must be integer ids, got dtype {tokens.dtype}")
+        S = tokens.shape[1]
+        if self.cfg.positional == "learned" and S > self.cfg.n_positions:
+            raise ValueError(
+                f"sequence length {S} exceeds the model's {self.cfg.n_positions} positions"
+            )
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.cfg.vocab_size):
+            bad = tokens[(tokens < 0) | (tokens >= self.cfg.vocab_size)][0].item()
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.cfg.vocab_size})")
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:  # [B, S] -> [B, S, D]
+        x = self.W_E[tokens]
+        if self.W_pos is not None:
+            x = x + self.W_pos[: tokens.shape[1]]
+        return x
+
+    def _rotary(self, S: int, device, dtype):
+        E = self.cfg.d_head
+        inv = 1.0 / (self.cfg.rope_theta ** (torch.arange(0, E, 2, device=device).float() / E))
+        ang = torch.outer(torch.arange(S, device=device).float(), inv)  # [S, E/2]
+        ang = torch.cat([ang, ang], dim=-1)
+        return ang.cos().to(dtype), ang.sin().to(dtype)
+
+    @staticmethod
+    def _apply_rotary(x, cos, sin):  # x [..., S, E]; Llama's rotate-half convention
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+    def _attention(self, block: Block, xq, xk, xv, attention_mask, rotary):
+        """Per-head outputs ``[H, B, S, D]`` (bias share included).
+
+        ``xq``/``xk``/``xv`` are normed inputs, either shared ``[B, S, D]`` (plain)
+        or one per query head ``[H, B, S, D]`` (masked, ungrouped key/value).
+        """
+        cfg = self.cfg
+        H, G = cfg.n_heads, cfg.kv_heads
+        group = H // G
+
+        def project(x, W, b, n):  # -> [B, n, S, E]
+            y = torch.einsum("bsd,nde->bnse", x, W) if x.ndim == 3 else torch.einsum("nbsd,nde->bnse", x, W)
+            return y if b is None else y + b[None, :, None, :]
+
+        def expand(W, b):  # key/value weights of the group, per query head
+            if group == 1:
+                return W, b
+            idx = torch.arange(H, device=W.device) // group
+            return W[idx], None if b is None else b[idx]
+
+        q = project(xq, block.W_Q, block.b_Q, H)
+        if xk.ndim == 3:  # shared input: project G heads once, then repeat
+            k = project(xk, block.W_K, block.b_K, G).repeat_interleave(group, dim=1)
+        else:
+            k = project(xk, *expand(block.W_K, block.b_K), H)
+        if xv.ndim == 3:
+            v = project(xv, block.W_V, block.b_V, G).repeat_interleave(group, dim=1)
+        else:
+            v = project(xv, *expand(block.W_V, block.b_V), H)
+        if rotary is not None:
+            q, k = self._apply_rotary(q, *rotary), self._apply_rotary(k, *rotary)
+        S = q.shape[2]
+        mask = None
+        if cfg.causal:
+            mask = torch.ones(S, S, dtype=torch.bool, device=q.device).tril()
+        if attention_mask is not None:
+            key_ok = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, S]
+            mask = key_ok if mask is None else (mask & key_ok)
+        z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, S, E]
+        out = torch.einsum("bhse,hed->hbsd", z, block.W_O)
+        if block.b_O is not None:
+            out = out + block.b_O / H
+        return out
+
+    def _mlp(self, block: Block, x):  # x normed, [B, S, D] -> [B, S, D]
+        act = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu,
+               "gelu_tanh": lambda t: F.gelu(t, approximate="tanh")}[self.cfg.activation]
+        h = x @ block.W_in
+        if block.b_in is not None:
+            h = h + block.b_in
+        h = act(x @ block.W_gate) * h if block.W_gate is not None else act(h)
+        out = h @ block.W_out
+        return out if block.b_out is None else out + block.b_out
+
+    def unembed(self, x):  # normed [.., D] -> [.., out]
+        y = x @ self.W_U
+        return y if self.b_U is None else y + self.b_U
+
+    # --------------------------------------------------------------- forward
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        edge_mask: torch.Tensor | None = None,
+        node_mask: torch.Tensor | None = None,
+        ablated: torch.Tensor | None = None,
+        return_writers: bool = False,
+    ):
+        """Logits ``[B, S, out]``; with ``return_writers``, also the writers ``[W, B, S, D]`` (detached).
+
+        Plain mode when ``edge_mask`` and ``node_mask`` are None. Otherwise masked:
+        ``edge_mask`` is ``[n_edges]`` (graph order) or a dense ``[W, R]`` matrix,
+        ``node_mask`` is ``[W]``, and ``ablated`` holds the writers' stand-in
+        outputs ``[W, B or 1, S, D]`` (None: zero ablation).
+        """
+        self._check_tokens(tokens)
+        masked = edge_mask is not None or node_mask is not None
+        if not masked and ablated is not None:
+            raise ValueError("`ablated` only has an effect with an edge_mask or node_mask")
+        cfg = self.cfg
+        B, S = tokens.shape
+        rotary = None
+        if cfg.positional == "rotary":
+            rotary = self._rotary(S, tokens.device, self.W_E.dtype)
+        if not masked:
+            return self._plain(tokens, attention_mask, rotary, return_writers)
+        return self._masked(tokens, attention_mask, rotary, edge_mask, node_mask, ablated, return_writers)
+
+    def _plain(self, tokens, attention_mask, rotary, return_writers):
+        g = self.graph
+        x = self.embed(tokens)
+        stack = None
+        if return_writers:
+            stack = x.new_empty(g.n_writers, *x.shape)  # detached copies
+            stack[0] = x.detach()
+        for l, block in enumerate(self.blocks):
+            xa = block.ln1(x)
+            heads = self._attention(block, xa, xa, xa, attention_mask, rotary)  # [H, B, S, D]
+            x = x + heads.sum(0)
+            mlp = self._mlp(block, block.ln2(x))
+            x = x + mlp
+            if stack is not None:
+                first = g.head_writer(l, 0)
+                stack[first : first + g.n_heads] = heads.detach()
+                stack[g.mlp_writer(l)] = mlp.detach()
+        logits = self.unembed(self.ln_f(x))
+        return (logits, stack) if return_writers else logits
+
+    def _check_masks(self, edge_mask, node_mask, ablated, B, S):
+        g, dev = self.graph, self.W_E.device
+        if edge_mask is None:
+            edge_mask = torch.ones(g.n_edges, device=dev)
+        if edge_mask.ndim == 1:
+            edge_mask = g.dense(edge_mask.to(self.W_E.dtype))
+        if edge_mask.shape != (g.n_writers, g.n_readers):
+            raise ValueError(
+                f"edge_mask must be [{g.n_edges}] or [{g.n_writers}, {g.n_readers}] for this "
+                f"model's graph, got {tuple(edge_mask.shape)}"
+            )
+        if node_mask is not None and node_mask.shape != (g.n_writers,):
+            raise ValueError(f"node_mask must be [{g.n_writers}], got {tuple(node_mask.shape)}")
+        if ablated is not None:
+            want = (g.n_writers, S, self.cfg.d_model)
+            if ablated.ndim != 4 or (ablated.shape[0], *ablated.shape[2:]) != want or ablated.shape[1] not in (1, B):
+                raise ValueError(
+                    f"ablated writers must be [{g.n_writers}, {B} or 1, {S}, {self.cfg.d_model}] "
+                    f"for this batch, got {tuple(ablated.shape)}; were they computed on a batch "
+                    f"of another shape?"
+                )
+            ablated = ablated.to(self.W_E.dtype)
+        return edge_mask.to(self.W_E.dtype), node_mask, ablated
+
+    def _masked(self, tokens, attention_mask, rotary, edge_mask, node_mask, ablated, return_writers):
+        g, cfg = self.graph, self.cfg
+        B, S = tokens.shape
+        H = cfg.n_heads
+        z, node_mask, ablated = self._check_masks(edge_mask, node_mask, ablated, B, S)
+        stack = self.W_E.new_empty(g.n_writers, B, S, cfg.d_model)  # writers as written
+        blocks: list[torch.Tensor] = []
+
+        def write(first: int, out: torch.Tensor):  # out [n, B, S, D]
+            n = out.shape[0]
+            if node_mask is not None:
+                nm = node_mask[first : first + n].view(n, 1, 1, 1)
+                abl = 0 if ablated is None else ablated[first : first + n]
+                out = nm * out + (1 - nm) * abl
+            with torch.no_grad():
+                stack[first : first + n] = out
+            blocks.append(out)
+
+        def read(r0: int, r1: int, n: int):  # readers r0:r1 over writers :n -> [R, B, S, D]
+            return _ReadWriters.apply(z[:n, r0:r1], stack, ablated, n, *blocks)
+
+        write(0, self.embed(tokens).unsqueeze(0))
+        for l, block in enumerate(self.blocks):
+            r0 = g.head_reader(l, 0, "q")
+            xin = block.ln1(read(r0, r0 + 3 * H, g.head_writer(l, 0)))  # [3H, B, S, D]
+            heads = self._attention(block, xin[:H], xin[H : 2 * H], xin[2 * H :], attention_mask, rotary)
+            write(g.head_writer(l, 0), heads)
+            rm = g.mlp_reader(l)
+            xm = block.ln2(read(rm, rm + 1, g.mlp_writer(l))[0])
+            write(g.mlp_writer(l), self._mlp(block, xm).unsqueeze(0))
+        rl = g.logits_reader
+        logits = self.unembed(self.ln_f(read(rl, rl + 1, g.n_writers)[0]))
+        return (logits, stack) if return_writers else logits
+
+    # ----------------------------------------------------------------- misc
+    def writers(self, tokens, *, attention_mask=None) -> torch.Tensor:
+        """Writers' outputs ``[W, B, S, D]`` of a plain run, without gradients."""
+        with torch.no_grad():
+            return self(tokens, attention_mask=attention_mask, return_writers=True)[1]
+
+    @staticmethod
+    def param_count(module: nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
