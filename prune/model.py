@@ -249,8 +249,13 @@ class Transformer(nn.Module):
         H, G = cfg.n_heads, cfg.kv_heads
         group = H // G
 
-        def project(x, W, b, n):  # -> [B, n, S, E]
-            y = torch.einsum("bsd,nde->bnse", x, W) if x.ndim == 3 else torch.einsum("nbsd,nde->bnse", x, W)
+        def project(x, W, b, n):  # -> [B, n, S, E]; matmuls (einsum is slow on CPU here)
+            if x.ndim == 3:  # one input for all heads
+                Bx, Sx, Dx = x.shape
+                y = (x.reshape(Bx * Sx, Dx) @ W.permute(1, 0, 2).reshape(Dx, -1)).view(Bx, Sx, n, -1).transpose(1, 2)
+            else:  # one input per head
+                _, Bx, Sx, Dx = x.shape
+                y = torch.matmul(x.reshape(n, Bx * Sx, Dx), W).view(n, Bx, Sx, -1).transpose(0, 1)
             return y if b is None else y + b[None, :, None, :]
 
         def expand(W, b):  # key/value weights of the group, per query head
@@ -278,7 +283,8 @@ class Transformer(nn.Module):
             key_ok = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, S]
             mask = key_ok if mask is None else (mask & key_ok)
         z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, S, E]
-        out = torch.einsum("bhse,hed->hbsd", z, block.W_O)
+        Bz, _, Sz, E = z.shape
+        out = torch.matmul(z.transpose(0, 1).reshape(H, Bz * Sz, E), block.W_O).view(H, Bz, Sz, -1)
         if block.b_O is not None:
             out = out + block.b_O / H
         return out

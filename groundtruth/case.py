@@ -1,0 +1,106 @@
+"""A program as a test case: compiled, converted, with its ground truth verified.
+
+This is the short module that chains the passes::
+
+    compile_program -> to_torch -> examples -> ground truth -> verify
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+
+from groundtruth.circuits import Verification, functional_edges, semantic_edges, structural_edges, verify
+from groundtruth.compiler import COMPILER_PAD, NUMERICAL_ATOL, Compiled, compile_program
+from groundtruth.convert import to_torch
+from groundtruth.program import Program
+from prune.ablation import ABLATIONS
+from prune.data import Examples
+from prune.model import Transformer
+
+__all__ = ["Case", "build_case", "make_examples", "VARIANTS"]
+
+VARIANTS = ("semantic", "structural") + tuple(f"functional:{a}" for a in ABLATIONS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """Everything a pruner needs, and everything a report shows, for one program."""
+
+    program: Program
+    compiled: Compiled
+    model: Transformer
+    examples: Examples
+    circuits: dict  # variant -> edge names (graph order)
+    verifications: dict  # ablation -> Verification of circuits[f"functional:{ablation}"]
+    seconds: float
+
+    @property
+    def name(self) -> str:
+        return self.program.name
+
+    def functional(self, ablation: str) -> list[str]:
+        return self.circuits[f"functional:{ablation}"]
+
+
+def make_examples(compiled: Compiled, inputs=None) -> Examples:
+    """Clean ids, corrupted ids, non-padding and answer positions for the program's inputs."""
+    prog = compiled.program
+    inputs = prog.inputs() if inputs is None else inputs
+    corrupted = prog.corruptions(inputs)
+    clean = torch.from_numpy(compiled.encode(inputs))
+    pad = compiled.input_encoding[COMPILER_PAD]
+    valid = clean != pad
+    answer = valid.clone()
+    answer[:, 0] = False  # the BOS position has no output
+    return Examples(
+        clean=clean,
+        corrupted=torch.from_numpy(compiled.encode(corrupted)),
+        valid=valid,
+        answer=answer,
+        kind="numerical" if compiled.numerical else "categorical",
+        atol=NUMERICAL_ATOL,
+    )
+
+
+def build_case(prog: Program, *, ablations=ABLATIONS) -> Case:
+    """Compile, convert, check the conversion, derive and verify the ground truth."""
+    start = time.perf_counter()
+    compiled = compile_program(prog)
+    model = to_torch(compiled)
+    examples = make_examples(compiled)
+    check_conversion(compiled, model, examples)
+    circuits = {
+        "semantic": semantic_edges(model, compiled.residual_labels),
+        "structural": structural_edges(model),
+    }
+    verifications: dict[str, Verification] = {}
+    for ablation in ablations:
+        edges = functional_edges(model, examples, ablation)
+        circuits[f"functional:{ablation}"] = edges
+        verifications[ablation] = verify(model, examples, edges, ablation)
+    return Case(prog, compiled, model, examples, circuits, verifications, time.perf_counter() - start)
+
+
+def check_conversion(compiled: Compiled, model: Transformer, examples: Examples) -> None:
+    """The torch model decodes exactly what Tracr's model decodes on every input."""
+    import numpy as np
+
+    ids = examples.clean.numpy()
+    tracr_out = np.asarray(compiled.run_tracr(ids).unembedded_output)
+    with torch.no_grad():
+        decoded = examples.decode(model(examples.clean)).numpy()
+    ans = examples.answer.numpy()
+    if compiled.numerical:
+        bad = np.abs(decoded - tracr_out) > NUMERICAL_ATOL
+    else:
+        bad = decoded != tracr_out
+    bad &= ans
+    if bad.any():
+        i = int(np.argwhere(bad)[0][0])
+        raise RuntimeError(
+            f"program {compiled.program.name!r}: the PyTorch conversion decodes {decoded[i].tolist()} "
+            f"but Tracr decodes {tracr_out[i].tolist()} on ids {ids[i].tolist()}"
+        )

@@ -1,0 +1,234 @@
+"""Compile a :class:`Program` with Tracr, stage by stage, and check it against RASP.
+
+Tracr's ``compile_rasp_to_model`` returns only the assembled model. We run the
+same passes ourselves so the RASP graph and the craft model are kept (the ground
+truth and the report need them):
+
+  static validation -> RASP graph -> basis inference -> craft blocks
+  -> craft model -> assembled (Haiku) model
+
+RASP's global label counter is reset before the program is built, so labels,
+and with them the residual-stream layout, are the same on every build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any, Sequence
+
+import numpy as np
+
+from groundtruth.program import Program
+
+__all__ = ["COMPILER_BOS", "COMPILER_PAD", "Compiled", "ProgramError", "compile_program", "rasp_outputs"]
+
+COMPILER_BOS = "compiler_bos"
+COMPILER_PAD = "compiler_pad"
+# Numerical outputs agree when within this. Tracr's own numerical error against
+# RASP is below 1e-6 on the library; the smallest meaningful difference between
+# two outputs of a library program is 1/max_seq_len**2 > 0.01.
+NUMERICAL_ATOL = 1e-3
+
+
+class ProgramError(ValueError):
+    """A program that cannot be a test case (does not compile, or compiles wrong)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+    """Everything the compiler produced for one program."""
+
+    program: Program
+    sop: Any  # rasp.SOp, the output
+    rasp_graph: Any  # networkx.DiGraph, labels -> RASP nodes
+    craft_model: Any  # tracr.craft SeriesWithResiduals
+    assembled: Any  # tracr AssembledTransformerModel
+    module_names: tuple[str, ...]  # per craft block: "transformer/layer_{l}/{attn|mlp}"
+
+    @property
+    def residual_labels(self) -> list[str]:
+        return list(self.assembled.residual_labels)
+
+    @property
+    def numerical(self) -> bool:
+        from tracr.rasp import rasp
+
+        return rasp.is_numerical(self.sop)
+
+    @property
+    def input_encoding(self) -> dict:
+        return dict(self.assembled.input_encoder.encoding_map)
+
+    @property
+    def output_values(self) -> list | None:
+        """Output values in unembedding order (categorical), or None (numerical)."""
+        if self.numerical:
+            return None
+        enc = self.assembled.output_encoder.encoding_map
+        return sorted(enc, key=enc.get)
+
+    def encode(self, seqs: Sequence[Sequence]) -> np.ndarray:
+        """``[N, max_seq_len + 1]`` ids: BOS, the tokens, then PAD on the right."""
+        enc = self.input_encoding
+        T = self.program.max_seq_len + 1
+        out = np.full((len(seqs), T), enc[COMPILER_PAD], dtype=np.int64)
+        for i, seq in enumerate(seqs):
+            if len(seq) > self.program.max_seq_len:
+                raise ValueError(
+                    f"input {tuple(seq)!r} has {len(seq)} tokens; program {self.program.name!r} "
+                    f"takes at most max_seq_len={self.program.max_seq_len}"
+                )
+            bad = [t for t in seq if t not in self.program.vocab]
+            if bad:
+                raise ValueError(
+                    f"token {bad[0]!r} in input {tuple(seq)!r} is not in the vocabulary of "
+                    f"program {self.program.name!r}: {self.program.sorted_vocab!r}"
+                )
+            out[i, 0] = enc[COMPILER_BOS]
+            out[i, 1 : len(seq) + 1] = [enc[t] for t in seq]
+        return out
+
+    def run_tracr(self, ids: np.ndarray):
+        """Tracr's own forward pass on ``ids`` (jitted; one call for the batch)."""
+        import jax
+
+        fwd = _jitted_forward(self.assembled)
+        return fwd(self.assembled.params, jax.numpy.asarray(ids))
+
+    def tracr_outputs(self, seqs: Sequence[Sequence]) -> list[list]:
+        """Decoded outputs of the compiled model at the real positions of each input."""
+        out = np.asarray(self.run_tracr(self.encode(seqs)).unembedded_output)
+        return [_decode(self, out[i, 1 : len(s) + 1]) for i, s in enumerate(seqs)]
+
+
+_FORWARDS: dict[int, Any] = {}
+
+
+def _jitted_forward(assembled):
+    import jax
+
+    key = id(assembled)
+    if key not in _FORWARDS:
+        _FORWARDS[key] = jax.jit(assembled.forward)
+    return _FORWARDS[key]
+
+
+def _decode(compiled: Compiled, row) -> list:
+    if compiled.numerical:
+        return [float(v) for v in row]
+    values = compiled.output_values
+    return [values[int(v)] for v in row]
+
+
+def build_sop(prog: Program):
+    """Reset RASP's label counter and build the program's output SOp."""
+    from tracr.rasp import rasp
+
+    rasp.RASPExpr._ids = itertools.count(1)
+    sop = prog.build()
+    if not isinstance(sop, rasp.SOp):
+        raise ProgramError(
+            f"program {prog.name!r}: build() must return a RASP SOp, got {type(sop).__name__}"
+        )
+    return sop
+
+
+def rasp_outputs(sop, seqs: Sequence[Sequence]) -> list[list]:
+    from tracr.rasp import rasp
+
+    return [list(rasp.evaluate(sop, list(s))) for s in seqs]
+
+
+def compile_program(prog: Program, *, validate: bool = True, mlp_exactness: int = 100) -> Compiled:
+    """Compile ``prog`` stage by stage; with ``validate``, check it against RASP on its inputs.
+
+    Raises :class:`ProgramError` naming the expression Tracr refuses, or showing
+    an input on which the compiled model and RASP disagree.
+    """
+    from tracr.compiler import (
+        assemble,
+        basis_inference,
+        craft_graph_to_model,
+        craft_model_to_transformer,
+        expr_to_craft_graph,
+        rasp_to_graph,
+        validating,
+    )
+    from tracr.craft import bases
+    from tracr.rasp import rasp
+
+    for special in (COMPILER_BOS, COMPILER_PAD):
+        if special in prog.vocab:
+            raise ProgramError(
+                f"program {prog.name!r}: the vocabulary contains the reserved token {special!r} "
+                f"(Tracr adds BOS and PAD itself); rename that token"
+            )
+    sop = build_sop(prog)
+    unsupported = validating.static_validate(sop)
+    if unsupported:
+        lines = "; ".join(f"{u.expr.label} ({type(u.expr).__name__}): {u.reason}" for u in unsupported)
+        raise ProgramError(f"program {prog.name!r}: Tracr cannot compile {lines}")
+    try:
+        extracted = rasp_to_graph.extract_rasp_graph(sop)
+        graph, sources, sink = extracted.graph, extracted.sources, extracted.sink
+        if rasp.tokens.label not in graph.nodes:
+            raise ProgramError(
+                f"program {prog.name!r} does not read rasp.tokens; a Tracr program must use "
+                f"the input tokens"
+            )
+        basis_inference.infer_bases(graph, sink, set(prog.vocab), prog.max_seq_len)
+        expr_to_craft_graph.add_craft_components_to_rasp_graph(
+            graph,
+            bos_dir=bases.BasisDirection(rasp.tokens.label, COMPILER_BOS),
+            mlp_exactness=mlp_exactness,
+        )
+        craft_model = craft_graph_to_model.craft_graph_to_model(graph, sources)
+        assembled = craft_model_to_transformer.craft_model_to_transformer(
+            craft_model=craft_model,
+            graph=graph,
+            sink=sink,
+            max_seq_len=prog.max_seq_len,
+            causal=prog.causal,
+            compiler_bos=COMPILER_BOS,
+            compiler_pad=COMPILER_PAD,
+        )
+        _, module_names = assemble._get_model_config_and_module_names(craft_model)
+    except ProgramError:
+        raise
+    except Exception as err:  # Tracr raises many types; name the program and the cause.
+        raise ProgramError(f"program {prog.name!r}: Tracr failed to compile it: {type(err).__name__}: {err}") from err
+    compiled = Compiled(prog, sop, graph, craft_model, assembled, tuple(module_names))
+    if validate:
+        check_against_rasp(compiled)
+    return compiled
+
+
+def outputs_agree(a: Sequence, b: Sequence, numerical: bool) -> bool:
+    if len(a) != len(b):
+        return False
+    if numerical:
+        return all(x is not None and y is not None and abs(x - y) <= NUMERICAL_ATOL for x, y in zip(a, b))
+    return all(x == y for x, y in zip(a, b))
+
+
+def check_against_rasp(compiled: Compiled, seqs: Sequence[Sequence] | None = None) -> int:
+    """Raise :class:`ProgramError` at the first input where model and RASP disagree."""
+    prog = compiled.program
+    seqs = prog.inputs() if seqs is None else seqs
+    if not seqs:
+        raise ProgramError(f"program {prog.name!r} has an empty evaluation set")
+    expected = rasp_outputs(compiled.sop, seqs)
+    got = compiled.tracr_outputs(seqs)
+    for seq, want, have in zip(seqs, expected, got):
+        if any(v is None for v in want):
+            raise ProgramError(
+                f"program {prog.name!r}: RASP gives None on input {list(seq)!r} ({want!r}); Tracr "
+                f"compiles None as a default value, so the program is not a valid test case"
+            )
+        if not outputs_agree(want, have, compiled.numerical):
+            raise ProgramError(
+                f"program {prog.name!r}: the compiled model disagrees with RASP on input "
+                f"{list(seq)!r}: RASP {want!r}, compiled {have!r}"
+            )
+    return len(seqs)

@@ -1,0 +1,77 @@
+"""Examples for circuit discovery: clean and corrupted ids, and where outputs are read."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch
+
+__all__ = ["Examples", "OutputKind"]
+
+OutputKind = Literal["categorical", "numerical"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Examples:
+    """A set of prompts with their paired corruptions.
+
+    Attributes:
+      clean: ``[N, S]`` token ids.
+      corrupted: ``[N, S]`` token ids of the paired corrupted prompts (resample
+        ablation reads the writers' outputs on these).
+      valid: ``[N, S]`` bool, the non-padding positions.
+      answer: ``[N, S]`` bool, the positions whose outputs count (metrics, loss,
+        exact match).
+      kind: ``categorical`` outputs are argmax labels compared exactly;
+        ``numerical`` outputs are the single logit, compared within ``atol``.
+      atol: tolerance for numerical outputs.
+    """
+
+    clean: torch.Tensor
+    corrupted: torch.Tensor
+    valid: torch.Tensor
+    answer: torch.Tensor
+    kind: OutputKind = "categorical"
+    atol: float = 1e-3
+
+    def __post_init__(self):
+        if self.clean.ndim != 2:
+            raise ValueError(f"clean ids must be [N, S], got shape {tuple(self.clean.shape)}")
+        if len(self.clean) == 0:
+            raise ValueError("empty dataset: no examples to evaluate or train on")
+        for name in ("corrupted", "valid", "answer"):
+            if getattr(self, name).shape != self.clean.shape:
+                raise ValueError(
+                    f"{name} has shape {tuple(getattr(self, name).shape)} but clean ids have "
+                    f"shape {tuple(self.clean.shape)}; clean and corrupted prompts must be paired "
+                    f"and of equal length"
+                )
+        if self.kind not in ("categorical", "numerical"):
+            raise ValueError(f"kind must be 'categorical' or 'numerical', got {self.kind!r}")
+
+    def __len__(self) -> int:
+        return len(self.clean)
+
+    def subset(self, index) -> "Examples":
+        return dataclasses.replace(
+            self, clean=self.clean[index], corrupted=self.corrupted[index],
+            valid=self.valid[index], answer=self.answer[index],
+        )
+
+    def to(self, device) -> "Examples":
+        return dataclasses.replace(
+            self, clean=self.clean.to(device), corrupted=self.corrupted.to(device),
+            valid=self.valid.to(device), answer=self.answer.to(device),
+        )
+
+    # ------------------------------------------------------------- outputs
+    def decode(self, logits: torch.Tensor) -> torch.Tensor:
+        """Outputs per position: argmax labels, or the numerical value."""
+        return logits.argmax(-1) if self.kind == "categorical" else logits[..., 0]
+
+    def agree(self, logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
+        """``[N]`` bool: decoded outputs equal at every answer position."""
+        a, b = self.decode(logits_a), self.decode(logits_b)
+        same = (a == b) if self.kind == "categorical" else (a - b).abs() <= self.atol
+        return (same | ~self.answer).all(-1)
