@@ -44,7 +44,8 @@ def _shift(offset: int, sop: rasp.SOp) -> rasp.SOp:
 def _numerical_shift(offset: int, bools: rasp.SOp) -> rasp.SOp:
     """Shift a 0/1 feature right by ``offset``; positions < offset get 0 (exact in Tracr)."""
     select = rasp.Select(rasp.indices, rasp.indices, lambda k, q: q == k + offset)
-    return rasp.numerical(rasp.Aggregate(select, rasp.numerical(bools), default=0)).named(f"shift_by({offset})")
+    shifted = rasp.Aggregate(select, rasp.numerical(bools), default=0)
+    return rasp.numerical(shifted).named(f"shift_by({offset})")
 
 
 def _detect_pattern(sop: rasp.SOp, pattern) -> rasp.SOp:

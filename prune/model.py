@@ -358,7 +358,7 @@ class Transformer(nn.Module):
         g, dev = self.graph, self.W_E.device
         if edge_mask is None:
             edge_mask = torch.ones(g.n_edges, device=dev)
-        if edge_mask.ndim == 1:
+        if edge_mask.ndim == 1 and edge_mask.shape[0] == g.n_edges:
             edge_mask = g.dense(edge_mask.to(self.W_E.dtype))
         if edge_mask.shape != (g.n_writers, g.n_readers):
             raise ValueError(

@@ -1,0 +1,244 @@
+"""Built artifacts: one folder per program under ``compiled_models/``.
+
+::
+
+    compiled_models/<name>/
+      model.safetensors     weights of the converted transformer (float32)
+      examples.safetensors  evaluation set: clean, corrupted, valid, answer
+      config.json           model config, encodings, output kind, residual labels
+      circuits.json         ground truth: semantic, structural, functional per ablation
+      provenance.json       tracr version, program source hash, file hashes
+
+Writing is atomic: the folder is written under a temporary name, then renamed
+into place. Loading needs torch only (no jax, no tracr) and refuses a folder
+whose files do not match the hashes in ``provenance.json``, whose JSON does
+not parse, or whose tensors have the wrong shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from prune.data import Examples
+from prune.model import Transformer, TransformerConfig
+
+__all__ = ["Artifact", "ArtifactError", "load_artifact", "load_all", "save_case", "ARTIFACT_FILES", "DEFAULT_ROOT"]
+
+FORMAT_VERSION = 1
+DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "compiled_models"
+ARTIFACT_FILES = ("model.safetensors", "examples.safetensors", "config.json", "circuits.json")
+
+
+class ArtifactError(ValueError):
+    """A compiled_models/ folder that is missing, corrupted or tampered with."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifact:
+    """A loaded program artifact: everything a pruner needs, torch only."""
+
+    name: str
+    path: Path
+    model: Transformer
+    examples: Examples
+    config: dict
+    circuits: dict  # variant -> edge names; variants: semantic, structural, functional:<ablation>
+    provenance: dict
+
+    def functional(self, ablation: str) -> list[str]:
+        key = f"functional:{ablation}"
+        if key not in self.circuits:
+            raise KeyError(f"artifact {self.name!r} has no {key} ground truth; it has {sorted(self.circuits)}")
+        return self.circuits[key]
+
+    @property
+    def inert(self) -> dict:
+        return self.config.get("inert", {})
+
+
+def _dumps(obj) -> str:
+    return json.dumps(obj, indent=1, sort_keys=True, default=_jsonable) + "\n"
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"cannot write {value!r} ({type(value).__name__}) to JSON")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _token_json(token):
+    # JSON keeps ints and strings apart, which is all Tracr vocabularies use.
+    if isinstance(token, (bool, float)) or not isinstance(token, (int, str)):
+        raise ValueError(f"token {token!r} cannot be stored; use int or str tokens")
+    return token
+
+
+def case_files(case) -> dict[str, bytes | dict]:
+    """The artifact's contents, in memory (shared by save and the drift test)."""
+    from groundtruth.compiler import COMPILER_BOS, COMPILER_PAD
+
+    compiled, prog, ex = case.compiled, case.program, case.examples
+    config = {
+        "format_version": FORMAT_VERSION,
+        "name": prog.name,
+        "description": prog.description,
+        "model": case.model.cfg.to_dict(),
+        "vocab": [[_token_json(t), i] for t, i in sorted(compiled.input_encoding.items(), key=lambda kv: kv[1])],
+        "bos": COMPILER_BOS,
+        "pad": COMPILER_PAD,
+        "max_seq_len": prog.max_seq_len,
+        "causal": prog.causal,
+        "output": {
+            "kind": ex.kind,
+            "values": None if compiled.output_values is None else [_token_json(v) for v in compiled.output_values],
+            "label": compiled.sop.label,
+            "atol": ex.atol,
+        },
+        "residual_labels": compiled.residual_labels,
+        "examples": {"n": len(ex), "exhaustive": prog.exhaustive, "seed": prog.seed, "min_len": prog.min_len},
+        "inert": {a: v.inert for a, v in case.verifications.items()},
+    }
+    circuits = {
+        "variants": {k: list(v) for k, v in case.circuits.items()},
+        "verification": {
+            a: {"sufficient": v.sufficient, "n_examples": v.n_examples, "n_reproduced": v.n_reproduced,
+                "inert": v.inert}
+            for a, v in case.verifications.items()
+        },
+        "nodes": {k: case.model.graph.nodes_of(v) for k, v in case.circuits.items()},
+        "n_edges_total": case.model.graph.n_edges,
+    }
+    return {"config.json": config, "circuits.json": circuits}
+
+
+def _state_dict(model: Transformer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+
+
+def _examples_tensors(ex: Examples) -> dict[str, torch.Tensor]:
+    return {
+        "clean": ex.clean.to(torch.int32).contiguous(),
+        "corrupted": ex.corrupted.to(torch.int32).contiguous(),
+        "valid": ex.valid.contiguous(),
+        "answer": ex.answer.contiguous(),
+    }
+
+
+def save_case(case, root: Path | str = DEFAULT_ROOT) -> Path:
+    """Write ``case`` to ``root/<name>/`` atomically; returns the folder."""
+    import importlib.metadata as md
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / case.program.name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{case.program.name}.", dir=root))
+    try:
+        save_file(_state_dict(case.model), str(tmp / "model.safetensors"))
+        save_file(_examples_tensors(case.examples), str(tmp / "examples.safetensors"))
+        for fname, content in case_files(case).items():
+            (tmp / fname).write_text(_dumps(content))
+        provenance = {
+            "format_version": FORMAT_VERSION,
+            "program": case.program.name,
+            "program_source_sha256": case.program.source_hash,
+            "tracr": md.version("tracr-pypi"),
+            "jax": md.version("jax"),
+            "files_sha256": {f: _sha256(tmp / f) for f in ARTIFACT_FILES},
+        }
+        (tmp / "provenance.json").write_text(_dumps(provenance))
+        os.chmod(tmp, 0o755)
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{case.program.name}.old.", dir=root))
+            os.rename(final, old / "x")
+            os.rename(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} is missing; rebuild with `groundtruth build`") from None
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{path} is not valid JSON ({err}); rebuild with `groundtruth build`") from None
+
+
+def load_artifact(path: Path | str) -> Artifact:
+    """Load one artifact folder, checking hashes, JSON and tensor shapes."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(f"no artifact folder at {path}")
+    provenance = _read_json(path / "provenance.json")
+    hashes = provenance.get("files_sha256")
+    if not isinstance(hashes, dict) or set(hashes) != set(ARTIFACT_FILES):
+        raise ArtifactError(f"{path / 'provenance.json'} lists no file hashes for {list(ARTIFACT_FILES)}")
+    for fname in ARTIFACT_FILES:
+        f = path / fname
+        if not f.exists():
+            raise ArtifactError(f"{f} is missing; rebuild with `groundtruth build`")
+        if _sha256(f) != hashes[fname]:
+            raise ArtifactError(
+                f"{f} does not match its hash in provenance.json: the file was modified or "
+                f"corrupted; rebuild with `groundtruth build {path.name}`"
+            )
+    config = _read_json(path / "config.json")
+    circuits = _read_json(path / "circuits.json")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path / 'config.json'} has format_version {config.get('format_version')!r}; this code reads {FORMAT_VERSION}"
+        )
+    try:
+        cfg = TransformerConfig.from_dict(config["model"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ArtifactError(f"{path / 'config.json'}: bad model config: {err}") from None
+    model = Transformer(cfg)
+    state = load_file(str(path / "model.safetensors"))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ArtifactError(f"{path / 'model.safetensors'} does not fit the config: {err}") from None
+    model.requires_grad_(False).eval()
+    t = load_file(str(path / "examples.safetensors"))
+    try:
+        examples = Examples(
+            clean=t["clean"].long(), corrupted=t["corrupted"].long(), valid=t["valid"].bool(),
+            answer=t["answer"].bool(), kind=config["output"]["kind"], atol=config["output"]["atol"],
+        )
+    except (KeyError, ValueError) as err:
+        raise ArtifactError(f"{path / 'examples.safetensors'}: {err}") from None
+    if examples.clean.shape[1] > cfg.n_positions or int(examples.clean.max()) >= cfg.vocab_size:
+        raise ArtifactError(f"{path / 'examples.safetensors'}: ids or lengths do not fit the model")
+    variants = circuits.get("variants")
+    if not isinstance(variants, dict):
+        raise ArtifactError(f"{path / 'circuits.json'} has no 'variants'")
+    for variant, edges in variants.items():
+        for e in edges:
+            try:
+                model.graph.edge_position(e)
+            except KeyError as err:
+                raise ArtifactError(f"{path / 'circuits.json'}: {variant}: {err.args[0]}") from None
+    return Artifact(path.name, path, model, examples, config, variants, provenance)
+
+
+def load_all(root: Path | str = DEFAULT_ROOT) -> dict[str, Artifact]:
+    root = Path(root)
+    return {p.name: load_artifact(p) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}

@@ -1,0 +1,41 @@
+"""Shared fixtures: library cases are built once per session (compiling is the slow part)."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+# Two cores here and in CI: more threads than cores only adds contention.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+settings.register_profile(
+    "default", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "deep", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@functools.cache
+def library_case(name: str):
+    """The built :class:`groundtruth.case.Case` of a library program (cached)."""
+    from groundtruth.case import build_case
+    from groundtruth.registry import library
+
+    return build_case(library()[name])
+
+
+def library_names() -> list[str]:
+    from groundtruth.registry import library
+
+    return list(library())
+
+
+@pytest.fixture
+def case_of():
+    return library_case

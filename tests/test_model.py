@@ -1,0 +1,149 @@
+"""The masked transformer against its plain mode and a naive per-edge reference."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from prune.model import Transformer, TransformerConfig
+
+# float64 throughout: the masked sums reorder additions, so agreement is to
+# rounding (observed < 1e-12); 1e-9 leaves three orders of margin.
+ATOL = 1e-9
+
+
+@st.composite
+def configs(draw):
+    n_heads = draw(st.integers(1, 4))
+    n_kv = draw(st.sampled_from([h for h in range(1, n_heads + 1) if n_heads % h == 0]))
+    arch = draw(st.sampled_from(["tracr", "gpt2", "llama"]))
+    common = dict(
+        vocab_size=draw(st.integers(3, 9)), d_model=draw(st.sampled_from([4, 8, 12])),
+        n_layers=draw(st.integers(1, 3)), n_heads=n_heads, d_head=draw(st.sampled_from([2, 4])),
+        d_mlp=draw(st.sampled_from([4, 16])), n_positions=8,
+    )
+    if arch == "tracr":
+        return TransformerConfig(**common, causal=draw(st.booleans()))
+    if arch == "gpt2":
+        return TransformerConfig(**common, norm="layernorm", activation="gelu_tanh", unembed_bias=draw(st.booleans()))
+    return TransformerConfig(
+        **common, n_kv_heads=n_kv, norm="rmsnorm", activation="silu", gated_mlp=True, positional="rotary",
+        attn_bias=False, attn_out_bias=False, mlp_bias=False,
+    )
+
+
+def random_model(cfg, seed):
+    torch.manual_seed(seed)
+    model = Transformer(cfg).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    return model.requires_grad_(False)
+
+
+def naive_masked(model, tokens, z, ablated):
+    """Reference: every reader sums its writers one edge at a time (no stacking)."""
+    g, cfg = model.graph, model.cfg
+    B, S = tokens.shape
+    writers = [model.embed(tokens)]
+    abl = (lambda w: 0.0) if ablated is None else (lambda w: ablated[w])
+
+    def reader_input(r):
+        return sum(z[w, r] * writers[w] + (1 - z[w, r]) * abl(w) for w in range(g.n_visible_writers(r)))
+
+    for l, block in enumerate(model.blocks):
+        H = cfg.n_heads
+        xq = torch.stack([block.ln1(reader_input(g.head_reader(l, h, "q"))) for h in range(H)])
+        xk = torch.stack([block.ln1(reader_input(g.head_reader(l, h, "k"))) for h in range(H)])
+        xv = torch.stack([block.ln1(reader_input(g.head_reader(l, h, "v"))) for h in range(H)])
+        heads = model._attention(block, xq, xk, xv, None, model._rotary(S, tokens.device, torch.float64)
+                                 if cfg.positional == "rotary" else None)
+        writers += list(heads)
+        writers.append(model._mlp(block, block.ln2(reader_input(g.mlp_reader(l)))))
+    return model.unembed(model.ln_f(reader_input(g.logits_reader)))
+
+
+@given(configs(), st.integers(0, 2**16), st.data())
+def test_all_masks_one_equals_plain(cfg, seed, data):
+    model = random_model(cfg, seed)
+    tokens = torch.randint(0, cfg.vocab_size, (2, data.draw(st.integers(1, 8))))
+    plain = model(tokens)
+    masked = model(tokens, edge_mask=torch.ones(model.graph.n_edges, dtype=torch.float64))
+    torch.testing.assert_close(masked, plain, atol=ATOL, rtol=0)
+
+
+@given(configs(), st.integers(0, 2**16), st.data())
+def test_all_masks_zero_is_the_ablated_run(cfg, seed, data):
+    model = random_model(cfg, seed)
+    S = data.draw(st.integers(1, 8))
+    clean, corrupt = torch.randint(0, cfg.vocab_size, (2, 2, S))
+    zeros = torch.zeros(model.graph.n_edges, dtype=torch.float64)
+    # resample: every reader sees the corrupted run's writers, i.e. the corrupted run
+    corrupted_logits, writers = model(corrupt, return_writers=True)
+    torch.testing.assert_close(model(clean, edge_mask=zeros, ablated=writers), corrupted_logits, atol=ATOL, rtol=0)
+    # zero: every reader sees 0, whatever the input
+    zero_out = model(clean, edge_mask=zeros)
+    torch.testing.assert_close(zero_out, model.unembed(model.ln_f(torch.zeros_like(writers[0]))), atol=ATOL, rtol=0)
+
+
+@given(configs(), st.integers(0, 2**16), st.sampled_from(["zero", "resample", "mean"]), st.data())
+def test_circuit_mask_matches_naive_reference(cfg, seed, ablation, data):
+    model = random_model(cfg, seed)
+    g = model.graph
+    S = data.draw(st.integers(1, 6))
+    clean, corrupt = torch.randint(0, cfg.vocab_size, (2, 3, S))
+    keep = data.draw(st.lists(st.booleans(), min_size=g.n_edges, max_size=g.n_edges))
+    z = torch.tensor(keep, dtype=torch.float64)
+    ablated = None
+    if ablation == "resample":
+        ablated = model.writers(corrupt)
+    elif ablation == "mean":
+        ablated = model.writers(corrupt).mean(1, keepdim=True)
+    got = model(clean, edge_mask=z, ablated=ablated)
+    want = naive_masked(model, clean, g.dense(z), ablated)
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+@given(configs(), st.integers(0, 2**16))
+def test_node_mask_zero_equals_removing_the_writers_edges(cfg, seed):
+    model = random_model(cfg, seed)
+    g = model.graph
+    tokens = torch.randint(0, cfg.vocab_size, (2, 5))
+    writer = int(torch.randint(0, g.n_writers, ()).item())
+    nodes = torch.ones(g.n_writers, dtype=torch.float64)
+    nodes[writer] = 0
+    edges = torch.ones(g.n_edges, dtype=torch.float64)
+    edges[g.edge_index_tensor[0] == writer] = 0
+    torch.testing.assert_close(model(tokens, node_mask=nodes), model(tokens, edge_mask=edges), atol=ATOL, rtol=0)
+
+
+def test_gradients_match_finite_differences():
+    cfg = TransformerConfig(vocab_size=7, d_model=8, n_layers=2, n_heads=2, d_head=4, d_mlp=8, n_positions=6,
+                            norm="layernorm", activation="gelu")
+    model = random_model(cfg, 0)
+    tokens, corrupt = torch.randint(0, 7, (2, 2, 5))
+    ablated = model.writers(corrupt)
+    z = torch.rand(model.graph.n_edges, dtype=torch.float64, requires_grad=True)
+    nodes = torch.rand(model.graph.n_writers, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda z, n: model(tokens, edge_mask=z, node_mask=n, ablated=ablated).pow(2).sum(), (z, nodes)
+    )
+
+
+def test_bad_inputs_get_clear_errors():
+    cfg = TransformerConfig(vocab_size=5, d_model=4, n_layers=1, n_heads=1, d_head=2, d_mlp=4, n_positions=4)
+    model = Transformer(cfg)
+    with pytest.raises(ValueError, match="exceeds the model's 4 positions"):
+        model(torch.zeros(1, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="token id 9 is outside"):
+        model(torch.full((1, 2), 9))
+    with pytest.raises(ValueError, match="edge_mask must be"):
+        model(torch.zeros(1, 2, dtype=torch.long), edge_mask=torch.ones(3))
+    with pytest.raises(ValueError, match="ablated writers must be"):
+        model(torch.zeros(2, 3, dtype=torch.long), edge_mask=torch.ones(model.graph.n_edges),
+              ablated=torch.zeros(model.graph.n_writers, 2, 4, 4))
+    with pytest.raises(ValueError, match="n_heads=3 is not a multiple"):
+        TransformerConfig(vocab_size=5, d_model=4, n_layers=1, n_heads=3, n_kv_heads=2, d_head=2, d_mlp=4, n_positions=4)
+    with pytest.raises(ValueError, match="norm='batch'"):
+        TransformerConfig(vocab_size=5, d_model=4, n_layers=1, n_heads=1, d_head=2, d_mlp=4, n_positions=4, norm="batch")
