@@ -17,7 +17,6 @@ shifts here read a clamped position (see :func:`_shift`) rather than using
 
 from __future__ import annotations
 
-import numpy as np
 from tracr.compiler import lib
 from tracr.rasp import rasp
 
@@ -71,18 +70,9 @@ def _pair_with_index(sop: rasp.SOp) -> rasp.SOp:
     return rasp.categorical(rasp.SequenceMap(lambda x, i: (x, i), sop, rasp.indices)).named("with_index")
 
 
-def _distinct_sample(rng: np.random.Generator, length: int) -> tuple:
-    """Distinct tokens from {1, 2, 3, 4}: sort_unique needs unique keys."""
-    return tuple(int(t) for t in rng.permutation([1, 2, 3, 4])[:length])
-
-
-def _distinct_corrupt(rng: np.random.Generator, clean: tuple) -> tuple:
-    """Another distinct-token sequence of the same length (clean if none exists)."""
-    for _ in range(100):
-        seq = _distinct_sample(rng, len(clean))
-        if seq != tuple(clean):
-            return seq
-    return tuple(clean)
+def _distinct(seq: tuple) -> bool:
+    """No repeated token: sort_unique assumes unique keys."""
+    return len(set(seq)) == len(seq)
 
 
 # ------------------------------------------------------- Tracr's lib programs
@@ -111,7 +101,7 @@ def hist():
     return rasp.categorical(lib.make_hist())
 
 
-@program(vocab={1, 2, 3, 4}, max_seq_len=4, sample=_distinct_sample, corrupt=_distinct_corrupt)
+@program(vocab={1, 2, 3, 4}, max_seq_len=4, accept=_distinct)
 def sort_unique():
     """Sort tokens ascending, keys assumed distinct (Tracr lib.make_sort_unique)."""
     # Repeated keys collide on one target slot, so inputs are drawn without repeats.

@@ -50,6 +50,9 @@ class Program:
       max_exhaustive: enumerate every input when there are at most this many.
       n_samples: otherwise, how many seeded samples (every length is covered).
       seed: seed for sampling and for corruptions.
+      accept: optional ``tuple -> bool``: which inputs are valid for the
+        program (e.g. distinct tokens for a sort that assumes unique keys).
+        Enumeration, sampling and corruption keep only accepted inputs.
       sample: optional ``(rng, length) -> tuple`` drawing one input (for
         programs whose interesting inputs are rare under uniform sampling).
       corrupt: optional ``(rng, clean) -> tuple`` giving the paired corrupted
@@ -67,6 +70,7 @@ class Program:
     max_exhaustive: int = DEFAULT_MAX_EXHAUSTIVE
     n_samples: int = DEFAULT_N_SAMPLES
     seed: int = 0
+    accept: Callable[[tuple], bool] | None = None
     sample: Callable[[np.random.Generator, int], Sequence] | None = None
     corrupt: Callable[[np.random.Generator, tuple], Sequence] | None = None
 
@@ -94,7 +98,7 @@ class Program:
     def source(self) -> str:
         """Source of the build function (and of custom samplers), for provenance."""
         parts = []
-        for fn in (self.build, self.sample, self.corrupt):
+        for fn in (self.build, self.accept, self.sample, self.corrupt):
             if fn is None:
                 continue
             try:
@@ -121,12 +125,17 @@ class Program:
     def inputs(self) -> list[tuple]:
         """The evaluation set: every input if small, else seeded samples of every length."""
         vocab = self.sorted_vocab
+        ok = self.accept or (lambda seq: True)
         if self.exhaustive:
-            return [
+            seqs = [
                 tuple(seq)
                 for n in range(self.min_len, self.max_seq_len + 1)
                 for seq in itertools.product(vocab, repeat=n)
+                if ok(tuple(seq))
             ]
+            if not seqs:
+                raise ValueError(f"program {self.name!r}: accept() rejects every input")
+            return seqs
         rng = np.random.default_rng(self.seed)
         lengths = list(range(self.min_len, self.max_seq_len + 1))
         out = []
@@ -140,7 +149,12 @@ class Program:
                         f"{n} tokens from the vocabulary {vocab!r}"
                     )
             else:
-                seq = tuple(vocab[j] for j in rng.integers(0, len(vocab), size=n))
+                for _ in range(1000):
+                    seq = tuple(vocab[j] for j in rng.integers(0, len(vocab), size=n))
+                    if ok(seq):
+                        break
+                else:
+                    raise ValueError(f"program {self.name!r}: accept() rejects 1000 random inputs of length {n}")
             out.append(seq)
         return out
 
@@ -158,13 +172,14 @@ class Program:
                         f"return {len(clean)} tokens from the vocabulary"
                     )
             else:
-                seq = tuple(clean)
-                if len(vocab) > 1:
-                    # Uniform over the other sequences of this length (rejection sampling).
-                    for _ in range(100):
-                        seq = tuple(vocab[j] for j in rng.integers(0, len(vocab), size=len(clean)))
-                        if seq != tuple(clean):
-                            break
+                # Uniform over the other accepted sequences of this length (rejection
+                # sampling); the clean input itself if no other is found.
+                seq, ok = tuple(clean), self.accept or (lambda s: True)
+                for _ in range(1000 if len(vocab) > 1 else 0):
+                    candidate = tuple(vocab[j] for j in rng.integers(0, len(vocab), size=len(clean)))
+                    if candidate != tuple(clean) and ok(candidate):
+                        seq = candidate
+                        break
             out.append(seq)
         return out
 
