@@ -80,9 +80,9 @@ def _sha256(path: Path) -> str:
 
 
 def _token_json(token):
-    # JSON keeps ints and strings apart, which is all Tracr vocabularies use.
-    if isinstance(token, (bool, float)) or not isinstance(token, (int, str)):
-        raise ValueError(f"token {token!r} cannot be stored; use int or str tokens")
+    # JSON keeps bool, int, float and str apart: enough for Tracr's values.
+    if not isinstance(token, (bool, int, float, str)):
+        raise ValueError(f"value {token!r} ({type(token).__name__}) cannot be stored; use bool, int, float or str")
     return token
 
 

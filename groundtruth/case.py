@@ -70,8 +70,9 @@ def build_case(prog: Program, *, ablations=ABLATIONS) -> Case:
     start = time.perf_counter()
     compiled = compile_program(prog)
     model = to_torch(compiled)
-    examples = make_examples(compiled)
-    check_conversion(compiled, model, examples)
+    inputs = prog.inputs()
+    examples = make_examples(compiled, inputs)
+    check_conversion(compiled, model, examples, inputs)
     circuits = {
         "semantic": semantic_edges(model, compiled.residual_labels),
         "structural": structural_edges(model),
@@ -84,23 +85,19 @@ def build_case(prog: Program, *, ablations=ABLATIONS) -> Case:
     return Case(prog, compiled, model, examples, circuits, verifications, time.perf_counter() - start)
 
 
-def check_conversion(compiled: Compiled, model: Transformer, examples: Examples) -> None:
-    """The torch model decodes exactly what Tracr's model decodes on every input."""
-    import numpy as np
-
-    ids = examples.clean.numpy()
-    tracr_out = np.asarray(compiled.run_tracr(ids).unembedded_output)
+def check_conversion(compiled: Compiled, model: Transformer, examples: Examples, inputs) -> None:
+    """The torch model (padding masked) decodes what Tracr decodes on each unpadded input."""
+    want = compiled.tracr_outputs(inputs)
     with torch.no_grad():
-        decoded = examples.decode(model(examples.clean)).numpy()
-    ans = examples.answer.numpy()
-    if compiled.numerical:
-        bad = np.abs(decoded - tracr_out) > NUMERICAL_ATOL
-    else:
-        bad = decoded != tracr_out
-    bad &= ans
-    if bad.any():
-        i = int(np.argwhere(bad)[0][0])
-        raise RuntimeError(
-            f"program {compiled.program.name!r}: the PyTorch conversion decodes {decoded[i].tolist()} "
-            f"but Tracr decodes {tracr_out[i].tolist()} on ids {ids[i].tolist()}"
-        )
+        decoded = examples.decode(model(examples.clean, attention_mask=examples.valid))
+    for i, (seq, expected) in enumerate(zip(inputs, want)):
+        got = decoded[i, 1 : len(seq) + 1].tolist()
+        if compiled.numerical:
+            ok = all(abs(a - b) <= NUMERICAL_ATOL for a, b in zip(got, expected))
+        else:
+            ok = [compiled.output_values[int(v)] for v in got] == expected
+        if not ok:
+            raise RuntimeError(
+                f"program {compiled.program.name!r}: on input {list(seq)!r} the PyTorch conversion "
+                f"decodes {got} but Tracr decodes {expected}"
+            )

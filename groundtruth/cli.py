@@ -60,11 +60,17 @@ def _cases(specs, quiet):
 
 def cmd_build(args) -> int:
     from groundtruth.artifacts import save_case
+    from groundtruth.compiler import ProgramError
 
     rows = []
-    for prog, case in _cases(args.programs, args.quiet):
-        save_case(case, args.out)
-        rows.append(_case_row(case))
+    try:
+        for prog, case in _cases(args.programs, args.quiet):
+            save_case(case, args.out)
+            rows.append(_case_row(case))
+    except (ProgramError, FileNotFoundError, KeyError, ValueError) as err:
+        _print_table(rows)
+        print(f"error: {err}; nothing was written for that program", file=sys.stderr)
+        return 2
     _print_table(rows)
     return 0 if all(r["verified"] == "yes" for r in rows) else 1
 

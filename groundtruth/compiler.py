@@ -68,10 +68,10 @@ class Compiled:
         enc = self.assembled.output_encoder.encoding_map
         return sorted(enc, key=enc.get)
 
-    def encode(self, seqs: Sequence[Sequence]) -> np.ndarray:
-        """``[N, max_seq_len + 1]`` ids: BOS, the tokens, then PAD on the right."""
+    def encode(self, seqs: Sequence[Sequence], *, width: int | None = None) -> np.ndarray:
+        """``[N, width]`` ids (default width max_seq_len + 1): BOS, the tokens, then PAD."""
         enc = self.input_encoding
-        T = self.program.max_seq_len + 1
+        T = self.program.max_seq_len + 1 if width is None else width
         out = np.full((len(seqs), T), enc[COMPILER_PAD], dtype=np.int64)
         for i, seq in enumerate(seqs):
             if len(seq) > self.program.max_seq_len:
@@ -97,9 +97,22 @@ class Compiled:
         return fwd(self.assembled.params, jax.numpy.asarray(ids))
 
     def tracr_outputs(self, seqs: Sequence[Sequence]) -> list[list]:
-        """Decoded outputs of the compiled model at the real positions of each input."""
-        out = np.asarray(self.run_tracr(self.encode(seqs)).unembedded_output)
-        return [_decode(self, out[i, 1 : len(s) + 1]) for i, s in enumerate(seqs)]
+        """Decoded outputs of the compiled model at the real positions of each input.
+
+        Inputs run without padding, one batch per length: Tracr's model has no
+        padding mask, and for some programs (a selector over a computed SOp)
+        padding positions would be attended.
+        """
+        results: list = [None] * len(seqs)
+        by_length: dict[int, list[int]] = {}
+        for i, s in enumerate(seqs):
+            by_length.setdefault(len(s), []).append(i)
+        for n, idx in by_length.items():
+            ids = self.encode([seqs[i] for i in idx], width=n + 1)
+            out = np.asarray(self.run_tracr(ids).unembedded_output)
+            for row, i in zip(out, idx):
+                results[i] = _decode(self, row[1:])
+        return results
 
 
 _FORWARDS: dict[int, Any] = {}
@@ -218,7 +231,10 @@ def check_against_rasp(compiled: Compiled, seqs: Sequence[Sequence] | None = Non
     seqs = prog.inputs() if seqs is None else seqs
     if not seqs:
         raise ProgramError(f"program {prog.name!r} has an empty evaluation set")
-    expected = rasp_outputs(compiled.sop, seqs)
+    try:
+        expected = rasp_outputs(compiled.sop, seqs)
+    except Exception as err:  # the RASP evaluator's own refusal, e.g. averaging strings
+        raise ProgramError(f"program {prog.name!r}: RASP cannot evaluate it: {type(err).__name__}: {err}") from err
     got = compiled.tracr_outputs(seqs)
     for seq, want, have in zip(seqs, expected, got):
         if any(v is None for v in want):

@@ -46,7 +46,7 @@ def ablated_writers(
     if ablation == "zero":
         return None
     if ablation == "resample":
-        return torch.cat([model.writers(examples.corrupted[b : b + batch_size])
+        return torch.cat([model.writers(examples.corrupted[b : b + batch_size], attention_mask=examples.valid[b : b + batch_size])
                           for b in range(0, len(examples), batch_size)], dim=1)
     mean = mean_writers(model, reference if reference is not None else examples, batch_size=batch_size)
     S = examples.clean.shape[1]
@@ -64,7 +64,7 @@ def mean_writers(model: Transformer, examples: Examples, *, batch_size: int = 20
     total, count = None, None
     for start in range(0, len(examples), batch_size):
         b = slice(start, start + batch_size)
-        w = model.writers(examples.clean[b])
+        w = model.writers(examples.clean[b], attention_mask=examples.valid[b])
         weight = examples.valid[b].to(w.dtype)[None, :, :, None]
         s, c = (w * weight).sum(1, keepdim=True), weight.sum(1, keepdim=True)
         total = s if total is None else total + s

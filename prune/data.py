@@ -20,7 +20,9 @@ class Examples:
       clean: ``[N, S]`` token ids.
       corrupted: ``[N, S]`` token ids of the paired corrupted prompts (resample
         ablation reads the writers' outputs on these).
-      valid: ``[N, S]`` bool, the non-padding positions.
+      valid: ``[N, S]`` bool, the non-padding positions; passed to the model as
+        its attention mask (padding keys are never attended), and shared by the
+        corrupted prompts, which are padded like their clean ones.
       answer: ``[N, S]`` bool, the positions whose outputs count (metrics, loss,
         exact match).
       kind: ``categorical`` outputs are argmax labels compared exactly;

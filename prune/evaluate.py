@@ -19,7 +19,7 @@ def _batches(n: int, batch_size: int):
 @torch.no_grad()
 def full_logits(model: Transformer, examples: Examples, *, batch_size: int = 2048) -> torch.Tensor:
     """The unpruned model's logits ``[N, S, out]`` on the clean prompts."""
-    return torch.cat([model(examples.clean[b]) for b in _batches(len(examples), batch_size)])
+    return torch.cat([model(examples.clean[b], attention_mask=examples.valid[b]) for b in _batches(len(examples), batch_size)])
 
 
 @torch.no_grad()
@@ -46,7 +46,7 @@ def circuit_logits(
     dense = model.graph.dense(edge_mask.to(model.W_E.dtype))
     for b in _batches(len(examples), batch_size):
         part = None if ablated is None else (ablated if ablated.shape[1] == 1 else ablated[:, b])
-        outs.append(model(examples.clean[b], edge_mask=dense, node_mask=node_mask, ablated=part))
+        outs.append(model(examples.clean[b], attention_mask=examples.valid[b], edge_mask=dense, node_mask=node_mask, ablated=part))
     return torch.cat(outs)
 
 
