@@ -289,7 +289,10 @@ def _convert_llama(hf, cfg: TransformerConfig, model: Transformer, done: set):
 
 
 def convert(hf_model, *, dtype: torch.dtype = torch.float32) -> Transformer:
-    """Our :class:`Transformer` with ``hf_model``'s weights, cast to ``dtype``, frozen, in eval mode."""
+    """Our :class:`Transformer` with ``hf_model``'s weights, cast to ``dtype``, frozen, in eval mode.
+
+    The result lives on the HF model's device.
+    """
     _check_dtype(dtype)
     model_type = _model_type(hf_model.config)
     cfg = transformer_config(hf_model.config)
@@ -297,7 +300,8 @@ def convert(hf_model, *, dtype: torch.dtype = torch.float32) -> Transformer:
     # full-size float32 zeros for a 16-bit model.
     with torch.device("meta"):
         model = Transformer(cfg)
-    model = model.to(dtype=dtype).to_empty(device="cpu")
+    device = next(hf_model.parameters()).device  # stay where the HF model is
+    model = model.to(dtype=dtype).to_empty(device=device)
     done: set[str] = set()
     converter = {"gpt2": _convert_gpt2, "llama": _convert_llama}[model_type]
     with torch.no_grad():

@@ -1,0 +1,189 @@
+"""A circuit: a set of edges of a model's graph, with scores, an ablation and a model.
+
+Saved as EAP-IG JSON (``Graph.from_json`` reads it: the same node and edge names,
+every edge with ``score`` and ``in_graph``, every node with ``in_graph``), plus
+our own top-level keys (``model``, ``ablation``, ``method``, ``metadata``), which
+EAP-IG ignores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from prune.graph import Graph
+
+__all__ = ["Circuit", "Comparison", "CircuitFileError"]
+
+
+class CircuitFileError(ValueError):
+    """A circuit file that cannot be read, or belongs to another model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """Edge-level agreement of a found circuit with a reference (e.g. the ground truth)."""
+
+    precision: float
+    recall: float
+    true_positives: int
+    only_found: tuple[str, ...]  # in the found circuit, not in the reference
+    only_reference: tuple[str, ...]  # in the reference, missed
+
+    @property
+    def exact(self) -> bool:
+        return not self.only_found and not self.only_reference
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        return 0.0 if p + r == 0 else 2 * p * r / (p + r)
+
+
+@dataclasses.dataclass(frozen=True)
+class Circuit:
+    """Edges (graph order) of a model's graph, found under one ablation.
+
+    Attributes:
+      graph: the model's graph (layers x heads).
+      edges: edge names in graph order.
+      ablation: what stands in for pruned edges (``zero``, ``mean``, ``resample``).
+      model: which model the circuit belongs to (an artifact name or a checkpoint).
+      d_model: the model's width (EAP-IG's config needs it).
+      scores: one score per edge of the graph (graph order), or None.
+      method: which method found it.
+      metadata: anything else worth keeping (seed, target, steps, ...).
+    """
+
+    graph: Graph
+    edges: tuple[str, ...]
+    ablation: str
+    model: str
+    d_model: int
+    scores: tuple[float, ...] | None = None
+    method: str = ""
+    metadata: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        order = {name: i for i, name in enumerate(self.edges)}
+        positions = [self.graph.edge_position(e) for e in self.edges]  # raises on unknown edges
+        if len(order) != len(self.edges):
+            raise ValueError("a circuit lists an edge twice")
+        object.__setattr__(self, "edges", tuple(self.graph.edge_names[i] for i in sorted(positions)))
+        if self.scores is not None and len(self.scores) != self.graph.n_edges:
+            raise ValueError(f"scores must have one value per graph edge ({self.graph.n_edges}), got {len(self.scores)}")
+
+    # ------------------------------------------------------------ building
+    @classmethod
+    def from_mask(cls, graph: Graph, mask: torch.Tensor, **kwargs) -> "Circuit":
+        return cls(graph=graph, edges=tuple(graph.names_of(mask > 0.5)), **kwargs)
+
+    def mask(self) -> torch.Tensor:
+        return self.graph.edge_mask(self.edges)
+
+    @property
+    def nodes(self) -> list[str]:
+        return self.graph.nodes_of(self.edges)
+
+    def __len__(self) -> int:
+        return len(self.edges)
+
+    def without_dead_ends(self) -> "Circuit":
+        """Drop edges into heads and MLPs whose output reaches nothing (no effect on the output)."""
+        g = self.graph
+        keep = set(self.edges)
+        while True:
+            writers_used = {e.split("->")[0] for e in keep}
+            dead = {e for e in keep if (r := e.split("->")[1].split("<")[0]) != "logits" and r not in writers_used}
+            if not dead:
+                return dataclasses.replace(self, edges=tuple(e for e in g.edge_names if e in keep))
+            keep -= dead
+
+    # ---------------------------------------------------------- comparison
+    def compare(self, reference) -> Comparison:
+        """Precision and recall of this circuit's edges against ``reference`` (a Circuit or names)."""
+        ref_edges = reference.edges if isinstance(reference, Circuit) else tuple(reference)
+        if isinstance(reference, Circuit) and reference.graph != self.graph:
+            raise ValueError(f"cannot compare circuits of different graphs: {self.graph} vs {reference.graph}")
+        found, ref = set(self.edges), set(ref_edges)
+        tp = len(found & ref)
+        order = {n: i for i, n in enumerate(self.graph.edge_names)}
+        return Comparison(
+            precision=tp / len(found) if found else (1.0 if not ref else 0.0),
+            recall=tp / len(ref) if ref else 1.0,
+            true_positives=tp,
+            only_found=tuple(sorted(found - ref, key=order.get)),
+            only_reference=tuple(sorted(ref - found, key=order.get)),
+        )
+
+    # ------------------------------------------------------------- files
+    def to_dict(self) -> dict:
+        g, in_circuit = self.graph, set(self.edges)
+        nodes = set(self.nodes) | {"logits"}
+        scores = self.scores if self.scores is not None else [1.0 if e in in_circuit else 0.0 for e in g.edge_names]
+        return {
+            "cfg": {"n_layers": g.n_layers, "n_heads": g.n_heads, "parallel_attn_mlp": False, "d_model": self.d_model},
+            "nodes": {n: {"in_graph": n in nodes} for n in (*g.writer_names, "logits")},
+            "edges": {
+                e: {"score": float(s) if math.isfinite(s) else 0.0, "in_graph": e in in_circuit}
+                for e, s in zip(g.edge_names, scores)
+            },
+            "model": self.model,
+            "ablation": self.ablation,
+            "method": self.method,
+            "metadata": self.metadata,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write EAP-IG JSON atomically (temporary file, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_dict(), f, indent=1)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, *, graph: Graph | None = None, model: str | None = None) -> "Circuit":
+        """Read an EAP-IG JSON circuit; with ``graph``/``model``, refuse one made for another model."""
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CircuitFileError(f"no circuit file at {path}") from None
+        except json.JSONDecodeError as err:
+            raise CircuitFileError(f"{path} is not valid JSON: {err}") from None
+        if not isinstance(d, dict) or not {"cfg", "nodes", "edges"} <= set(d):
+            raise CircuitFileError(f"{path} is not an EAP-IG circuit (needs 'cfg', 'nodes' and 'edges')")
+        cfg = d["cfg"]
+        file_graph = Graph(n_layers=cfg["n_layers"], n_heads=cfg["n_heads"])
+        if graph is not None and file_graph != graph:
+            raise CircuitFileError(
+                f"{path} is a circuit for a {file_graph.n_layers}-layer, {file_graph.n_heads}-head model, "
+                f"not this {graph.n_layers}-layer, {graph.n_heads}-head one"
+            )
+        if model is not None and d.get("model") not in (None, model):
+            raise CircuitFileError(f"{path} is a circuit for model {d.get('model')!r}, not {model!r}")
+        try:
+            edges = tuple(e for e, v in d["edges"].items() if v["in_graph"])
+            scores = [0.0] * file_graph.n_edges
+            for e, v in d["edges"].items():
+                scores[file_graph.edge_position(e)] = float(v["score"])
+        except KeyError as err:
+            raise CircuitFileError(f"{path}: {err.args[0]}") from None
+        return cls(
+            graph=file_graph, edges=edges, ablation=d.get("ablation", ""), model=d.get("model", ""),
+            d_model=cfg.get("d_model", 0), scores=tuple(scores), method=d.get("method", ""),
+            metadata=d.get("metadata", {}),
+        )

@@ -1,0 +1,35 @@
+"""Hard-concrete gates (Louizos, Welling and Kingma 2018), as Edge Pruning uses them.
+
+A gate with location ``log_alpha`` samples ``s = sigmoid((log u - log(1-u) +
+log_alpha) / beta)``, stretches it to ``(LEFT, RIGHT)`` and clips to [0, 1], so it
+is exactly 0 or 1 with positive probability and differentiable in between.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["LEFT", "RIGHT", "BETA", "sample", "prob_nonzero", "deterministic"]
+
+LEFT, RIGHT, BETA = -0.1, 1.1, 2.0 / 3.0
+_EPS = 1e-6
+
+
+def sample(log_alpha: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One gate sample per entry (shared by the whole batch, as in Edge Pruning)."""
+    u = torch.rand(log_alpha.shape, generator=generator, device=log_alpha.device, dtype=log_alpha.dtype)
+    u = u.clamp(_EPS, 1 - _EPS)
+    s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / BETA)
+    return (s * (RIGHT - LEFT) + LEFT).clamp(0.0, 1.0)
+
+
+def prob_nonzero(log_alpha: torch.Tensor) -> torch.Tensor:
+    """P(gate != 0): the expected L0 norm per gate, differentiable in log_alpha."""
+    return torch.sigmoid(log_alpha - BETA * math.log(-LEFT / RIGHT))
+
+
+def deterministic(log_alpha: torch.Tensor) -> torch.Tensor:
+    """The gate without noise: ``clip(sigmoid(log_alpha) * (RIGHT - LEFT) + LEFT, 0, 1)``."""
+    return (torch.sigmoid(log_alpha) * (RIGHT - LEFT) + LEFT).clamp(0.0, 1.0)
