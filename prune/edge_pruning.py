@@ -63,6 +63,10 @@ class EdgePruningConfig:
     node_masks: bool = False  # also learn a gate per writer
     node_target_sparsity: float = 0.0
     logit_scale: float = 1.0  # inverse temperature of the KL (categorical outputs)
+    shared_gates: bool = False  # True: one gate sample per step for the batch (the reference's choice)
+    score_function: bool = True  # add a REINFORCE term for gates sampled exactly 0 or 1
+    sparsity_in_edges: bool = False  # True: the Lagrangian term is multiplied by the number of edges
+    lambda_decay: bool = False  # True: the multipliers' lr decays with the gates' lr
 
     def __post_init__(self):
         for name in ("target_sparsity", "node_target_sparsity", "warmup"):
@@ -80,16 +84,16 @@ class EdgePruningConfig:
 
 def faithfulness_loss(circuit_logits: torch.Tensor, full_logits: torch.Tensor, examples: Examples,
                       answer: torch.Tensor, logit_scale: float = 1.0) -> torch.Tensor:
-    """KL(full || circuit) over the output classes (categorical) or squared error (numerical),
-    averaged over answer positions."""
-    n = answer.sum().clamp_min(1)
+    """Per example ``[B]``: KL(full || circuit) over the output classes (categorical) or
+    squared error (numerical), averaged over the example's answer positions."""
+    n = answer.sum(-1).clamp_min(1)
     if examples.kind == "numerical":
         err = (circuit_logits[..., 0] - full_logits[..., 0]).pow(2)
-        return (err * answer).sum() / n
+        return (err * answer).sum(-1) / n
     logp = F.log_softmax(logit_scale * circuit_logits.float(), -1)
     logq = F.log_softmax(logit_scale * full_logits.float(), -1)
     kl = (logq.exp() * (logq - logp)).sum(-1)
-    return (kl * answer).sum() / n
+    return (kl * answer).sum(-1) / n
 
 
 class _Lagrangian(torch.nn.Module):
@@ -128,11 +132,11 @@ def edge_pruning(
     reference = full_logits(model, examples)  # targets: fixed weights, fixed data
     ablated = ablated_writers(model, examples, ablation)  # None, [W,1,S,D] or [W,N,S,D]
 
-    log_alpha = torch.nn.Parameter(torch.full((g.n_edges,), cfg.init_log_alpha, device=device))
+    log_alpha = torch.nn.Parameter(torch.full((g.n_edges,), float(cfg.init_log_alpha), device=device))
     params = [log_alpha]
     node_log_alpha = None
     if cfg.node_masks:
-        node_log_alpha = torch.nn.Parameter(torch.full((g.n_writers,), cfg.init_log_alpha, device=device))
+        node_log_alpha = torch.nn.Parameter(torch.full((g.n_writers,), float(cfg.init_log_alpha), device=device))
         params.append(node_log_alpha)
     lagrangian = _Lagrangian().to(device)
     node_lagrangian = _Lagrangian().to(device)
@@ -147,6 +151,9 @@ def edge_pruning(
         return max(0.0, (cfg.steps - step) / max(1, cfg.steps - warmup_steps))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    lam_sched = torch.optim.lr_scheduler.LambdaLR(lam_opt, lr_factor if cfg.lambda_decay else (lambda step: 1.0))
+    scale = float(g.n_edges) if cfg.sparsity_in_edges else 1.0
+    node_scale = float(g.n_writers) if cfg.sparsity_in_edges else 1.0
     N = len(examples)
     bar = tqdm(range(cfg.steps), desc="edge pruning", disable=quiet, leave=False)
     history = []
@@ -156,28 +163,40 @@ def edge_pruning(
         else:
             idx = torch.arange(N, device=device)
         target = cfg.target_sparsity * min(1.0, step / warmup_steps)
-        z = hard_concrete.sample(log_alpha, gen).to(dtype)
-        nodes = hard_concrete.sample(node_log_alpha, gen).to(dtype) if node_log_alpha is not None else None
+        shape = () if cfg.shared_gates else (len(idx),)
+        z = hard_concrete.sample(log_alpha.expand(*shape, -1), gen).to(dtype)
+        nodes = None
+        if node_log_alpha is not None:
+            nodes = hard_concrete.sample(node_log_alpha.expand(*shape, -1), gen).to(dtype)
         part = None if ablated is None else (ablated if ablated.shape[1] == 1 else ablated[:, idx])
         logits = model(examples.clean[idx], attention_mask=examples.valid[idx], edge_mask=z, node_mask=nodes,
                        ablated=part)
-        faith = faithfulness_loss(logits, reference[idx], examples, examples.answer[idx], cfg.logit_scale)
+        per_example = faithfulness_loss(logits, reference[idx], examples, examples.answer[idx], cfg.logit_scale)
+        faith = per_example.mean()
+        surrogate = faith
+        if cfg.score_function and not cfg.shared_gates and len(idx) > 1:
+            # Leave-one-out baseline: each example's loss against the others' mean.
+            f = per_example.detach()
+            advantage = f - (f.sum() - f) / (len(f) - 1)
+            logp = hard_concrete.log_prob_ends(log_alpha, z.detach()).sum(-1)  # [B]
+            surrogate = surrogate + (advantage * logp).mean()
         if not torch.isfinite(faith):
             raise FloatingPointError(
                 f"the faithfulness loss is {faith.item()} at step {step}; the model or data produce "
                 f"non-finite logits (check the inputs and the model's dtype)"
             )
         sparsity = 1 - hard_concrete.prob_nonzero(log_alpha).mean()
-        loss = faith + lagrangian(sparsity, target)
+        loss = surrogate + scale * lagrangian(sparsity, target)
         if node_log_alpha is not None:
             node_sparsity = 1 - hard_concrete.prob_nonzero(node_log_alpha).mean()
-            loss = loss + node_lagrangian(node_sparsity, cfg.node_target_sparsity * min(1.0, step / warmup_steps))
+            loss = loss + node_scale * node_lagrangian(node_sparsity, cfg.node_target_sparsity * min(1.0, step / warmup_steps))
         opt.zero_grad(set_to_none=True)
         lam_opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         lam_opt.step()
         sched.step()
+        lam_sched.step()
         if step % 25 == 0 or step == cfg.steps - 1:
             history.append({"step": step, "faithfulness": faith.item(), "sparsity": sparsity.item(),
                             "target": target, "lambda1": lagrangian.l1.item(), "lambda2": lagrangian.l2.item()})

@@ -185,14 +185,15 @@ class Graph:
 
     # ---------------------------------------------------------- conversions
     def dense(self, values: torch.Tensor) -> torch.Tensor:
-        """Scatter per-edge ``values`` (``[n_edges]``) into a ``[W, R]`` matrix (0 elsewhere)."""
-        if values.shape != (self.n_edges,):
+        """Scatter per-edge ``values`` (``[..., n_edges]``) into ``[..., W, R]`` (0 elsewhere)."""
+        if values.ndim < 1 or values.shape[-1] != self.n_edges:
             raise ValueError(
-                f"expected one value per edge, shape ({self.n_edges},), got {tuple(values.shape)}"
+                f"expected one value per edge, shape (..., {self.n_edges}), got {tuple(values.shape)}"
             )
         idx = self.edge_index_tensor.to(values.device)
-        out = values.new_zeros(self.n_writers, self.n_readers)
-        return out.index_put((idx[0], idx[1]), values)
+        out = values.new_zeros(*values.shape[:-1], self.n_writers, self.n_readers)
+        out[..., idx[0], idx[1]] = values
+        return out
 
     def edge_mask(self, names) -> torch.Tensor:
         """A ``[n_edges]`` float mask with 1 on the named edges."""

@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["LEFT", "RIGHT", "BETA", "sample", "prob_nonzero", "deterministic"]
+__all__ = ["LEFT", "RIGHT", "BETA", "sample", "prob_nonzero", "log_prob_ends", "deterministic"]
 
 LEFT, RIGHT, BETA = -0.1, 1.1, 2.0 / 3.0
 _EPS = 1e-6
@@ -28,6 +29,20 @@ def sample(log_alpha: torch.Tensor, generator: torch.Generator | None = None) ->
 def prob_nonzero(log_alpha: torch.Tensor) -> torch.Tensor:
     """P(gate != 0): the expected L0 norm per gate, differentiable in log_alpha."""
     return torch.sigmoid(log_alpha - BETA * math.log(-LEFT / RIGHT))
+
+
+def log_prob_ends(log_alpha: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """log P(gate = z) where a sample ``z`` is exactly 0 or 1, and 0 where it is in between.
+
+    The point masses at 0 and 1 are what pruning is about, but a pathwise
+    gradient never sees them (the clip is flat there); their log-probability
+    gives a score-function (REINFORCE) gradient for them.
+    """
+    at_zero = BETA * math.log(-LEFT / (RIGHT - LEFT) / (1 + LEFT / (RIGHT - LEFT))) - log_alpha
+    at_one = log_alpha - BETA * math.log((1 - LEFT) / (RIGHT - LEFT) / (1 - (1 - LEFT) / (RIGHT - LEFT)))
+    zero, one = z <= 0, z >= 1
+    return torch.where(zero, F.logsigmoid(at_zero), torch.zeros_like(z)) + torch.where(
+        one, F.logsigmoid(at_one), torch.zeros_like(z))
 
 
 def deterministic(log_alpha: torch.Tensor) -> torch.Tensor:

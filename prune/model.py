@@ -156,6 +156,8 @@ class _ReadWriters(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, stack, ablated, n, *blocks):
+        if z.ndim == 3:  # one mask per example: z [B, n, R]
+            return _ReadWriters._per_example(ctx, z, stack, ablated, n, blocks)
         R = z.shape[1]
         _, B, S, D = stack.shape
         out = (z.t() @ stack[:n].reshape(n, -1)).view(R, B, S * D)
@@ -168,8 +170,41 @@ class _ReadWriters(torch.autograd.Function):
         return out.view(R, B, S, D)
 
     @staticmethod
+    def _per_example(ctx, z, stack, ablated, n, blocks):
+        _, B, S, D = stack.shape
+        R = z.shape[2]
+        clean = stack[:n].reshape(n, B, S * D).transpose(0, 1)  # [B, n, SD]
+        out = z.transpose(1, 2) @ clean  # [B, R, SD]
+        if ablated is not None:
+            ab = ablated[:n].reshape(n, ablated.shape[1], S * D).transpose(0, 1)  # [B' , n, SD]
+            out = out + (1 - z).transpose(1, 2) @ ab
+        ctx.save_for_backward(z)
+        ctx.stack, ctx.ablated, ctx.n = stack, ablated, n
+        ctx.sizes = [b.shape[0] for b in blocks]
+        return out.transpose(0, 1).reshape(R, B, S, D)
+
+    @staticmethod
+    def _per_example_backward(ctx, z, grad):
+        n, stack, ablated = ctx.n, ctx.stack, ctx.ablated
+        R, B, S, D = grad.shape
+        g = grad.reshape(R, B, S * D).transpose(0, 1)  # [B, R, SD]
+        grad_z = None
+        if ctx.needs_input_grad[0]:
+            clean = stack[:n].reshape(n, B, S * D).transpose(0, 1)
+            grad_z = clean @ g.transpose(1, 2)  # [B, n, R]
+            if ablated is not None:
+                ab = ablated[:n].reshape(n, ablated.shape[1], S * D).transpose(0, 1)
+                grad_z = grad_z - ab @ g.transpose(1, 2)
+        grads = [None] * len(ctx.sizes)
+        if any(ctx.needs_input_grad[4:]):
+            grads = list((z @ g).transpose(0, 1).reshape(n, B, S, D).split(ctx.sizes))
+        return (grad_z, None, None, None, *grads)
+
+    @staticmethod
     def backward(ctx, grad):
         (z,) = ctx.saved_tensors
+        if z.ndim == 3:
+            return _ReadWriters._per_example_backward(ctx, z, grad)
         n, stack, ablated = ctx.n, ctx.stack, ctx.ablated
         R, B, S, D = grad.shape
         g = grad.reshape(R, -1)
@@ -318,7 +353,8 @@ class Transformer(nn.Module):
 
         Plain mode when ``edge_mask`` and ``node_mask`` are None. Otherwise masked:
         ``edge_mask`` is ``[n_edges]`` (graph order) or a dense ``[W, R]`` matrix,
-        ``node_mask`` is ``[W]``, and ``ablated`` holds the writers' stand-in
+        or one of those per example (``[B, n_edges]``, ``[B, W, R]``);
+        ``node_mask`` is ``[W]`` or ``[B, W]``; and ``ablated`` holds the writers' stand-in
         outputs ``[W, B or 1, S, D]`` (None: zero ablation).
         """
         self._check_tokens(tokens)
@@ -358,15 +394,16 @@ class Transformer(nn.Module):
         g, dev = self.graph, self.W_E.device
         if edge_mask is None:
             edge_mask = torch.ones(g.n_edges, device=dev)
-        if edge_mask.ndim == 1 and edge_mask.shape[0] == g.n_edges:
+        if edge_mask.ndim in (1, 2) and edge_mask.shape[-1] == g.n_edges and edge_mask.shape[0] in (g.n_edges, B):
             edge_mask = g.dense(edge_mask.to(self.W_E.dtype))
-        if edge_mask.shape != (g.n_writers, g.n_readers):
+        if edge_mask.shape not in ((g.n_writers, g.n_readers), (B, g.n_writers, g.n_readers)):
             raise ValueError(
-                f"edge_mask must be [{g.n_edges}] or [{g.n_writers}, {g.n_readers}] for this "
-                f"model's graph, got {tuple(edge_mask.shape)}"
+                f"edge_mask must be [{g.n_edges}], [{g.n_writers}, {g.n_readers}], or per example "
+                f"[{B}, {g.n_edges}] or [{B}, {g.n_writers}, {g.n_readers}] for this model's graph "
+                f"and batch, got {tuple(edge_mask.shape)}"
             )
-        if node_mask is not None and node_mask.shape != (g.n_writers,):
-            raise ValueError(f"node_mask must be [{g.n_writers}], got {tuple(node_mask.shape)}")
+        if node_mask is not None and node_mask.shape not in ((g.n_writers,), (B, g.n_writers)):
+            raise ValueError(f"node_mask must be [{g.n_writers}] or [{B}, {g.n_writers}], got {tuple(node_mask.shape)}")
         if ablated is not None:
             want = (g.n_writers, S, self.cfg.d_model)
             if ablated.ndim != 4 or (ablated.shape[0], *ablated.shape[2:]) != want or ablated.shape[1] not in (1, B):
@@ -389,7 +426,8 @@ class Transformer(nn.Module):
         def write(first: int, out: torch.Tensor):  # out [n, B, S, D]
             n = out.shape[0]
             if node_mask is not None:
-                nm = node_mask[first : first + n].view(n, 1, 1, 1)
+                nm = node_mask[..., first : first + n]
+                nm = nm.view(n, 1, 1, 1) if nm.ndim == 1 else nm.t().reshape(n, -1, 1, 1)
                 abl = 0 if ablated is None else ablated[first : first + n]
                 out = nm * out + (1 - nm) * abl
             with torch.no_grad():
@@ -397,7 +435,8 @@ class Transformer(nn.Module):
             blocks.append(out)
 
         def read(r0: int, r1: int, n: int):  # readers r0:r1 over writers :n -> [R, B, S, D]
-            return _ReadWriters.apply(z[:n, r0:r1], stack, ablated, n, *blocks)
+            zz = z[:n, r0:r1] if z.ndim == 2 else z[:, :n, r0:r1]
+            return _ReadWriters.apply(zz, stack, ablated, n, *blocks)
 
         write(0, self.embed(tokens).unsqueeze(0))
         for l, block in enumerate(self.blocks):

@@ -36,6 +36,24 @@ def library_names() -> list[str]:
     return list(library())
 
 
-@pytest.fixture
-def case_of():
-    return library_case
+def pytest_addoption(parser):
+    parser.addoption(
+        "--pruner",
+        default="prune.edge_pruning:edge_pruning",
+        help="module:callable run by the recovery tests instead of Edge Pruning; it must accept "
+        "(model, examples, *, ablation, seed) and return a prune.circuit.Circuit",
+    )
+
+
+@pytest.fixture(scope="session")
+def pruner(request):
+    from groundtruth.recovery import load_pruner
+
+    return load_pruner(request.config.getoption("--pruner"))
+
+
+@functools.cache
+def artifact(name: str):
+    from groundtruth.artifacts import DEFAULT_ROOT, load_artifact
+
+    return load_artifact(DEFAULT_ROOT / name)

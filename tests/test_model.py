@@ -147,3 +147,28 @@ def test_bad_inputs_get_clear_errors():
         TransformerConfig(vocab_size=5, d_model=4, n_layers=1, n_heads=3, n_kv_heads=2, d_head=2, d_mlp=4, n_positions=4)
     with pytest.raises(ValueError, match="norm='batch'"):
         TransformerConfig(vocab_size=5, d_model=4, n_layers=1, n_heads=1, d_head=2, d_mlp=4, n_positions=4, norm="batch")
+
+
+@given(configs(), st.integers(0, 2**16), st.sampled_from(["zero", "resample", "mean"]))
+def test_per_example_masks_equal_one_run_per_example(cfg, seed, ablation):
+    model = random_model(cfg, seed)
+    g = model.graph
+    clean, corrupt = torch.randint(0, cfg.vocab_size, (2, 3, 5))
+    z = torch.rand(3, g.n_edges, dtype=torch.float64)
+    nodes = torch.rand(3, g.n_writers, dtype=torch.float64)
+    ablated = {"zero": None, "resample": model.writers(corrupt),
+               "mean": model.writers(corrupt).mean(1, keepdim=True)}[ablation]
+    together = model(clean, edge_mask=z, node_mask=nodes, ablated=ablated)
+    for b in range(3):
+        part = None if ablated is None else ablated[:, b : b + 1] if ablated.shape[1] == 3 else ablated
+        alone = model(clean[b : b + 1], edge_mask=z[b], node_mask=nodes[b], ablated=part)
+        torch.testing.assert_close(together[b : b + 1], alone, atol=ATOL, rtol=0)
+
+
+def test_per_example_gradients_match_finite_differences():
+    cfg = TransformerConfig(vocab_size=7, d_model=8, n_layers=2, n_heads=2, d_head=4, d_mlp=8, n_positions=6)
+    model = random_model(cfg, 1)
+    tokens, corrupt = torch.randint(0, 7, (2, 3, 4))
+    ablated = model.writers(corrupt)
+    z = torch.rand(3, model.graph.n_edges, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z: model(tokens, edge_mask=z, ablated=ablated).pow(2).sum(), (z,))
