@@ -54,19 +54,22 @@ class EdgePruningConfig:
     """Hyperparameters of :func:`edge_pruning` (defaults recover the library exactly)."""
 
     steps: int = 300
-    batch_size: int = 256  # examples per step (the whole set when smaller)
+    batch_size: int = 64  # examples per step (the whole set when smaller)
     lr: float = 0.1  # Adam on log-alphas
-    lambda_lr: float = 0.05  # Adam (ascent) on the Lagrange multipliers
+    lambda_lr: float = 1e-4  # Adam (ascent) on the Lagrange multipliers
     target_sparsity: float = 1.0  # in [0, 1]
     warmup: float = 0.5  # fraction of steps over which the target ramps up
-    init_log_alpha: float = 3.0
+    init_log_alpha: float = 8.0
     node_masks: bool = False  # also learn a gate per writer
     node_target_sparsity: float = 0.0
     logit_scale: float = 1.0  # inverse temperature of the KL (categorical outputs)
     shared_gates: bool = False  # True: one gate sample per step for the batch (the reference's choice)
     score_function: bool = True  # add a REINFORCE term for gates sampled exactly 0 or 1
-    sparsity_in_edges: bool = False  # True: the Lagrangian term is multiplied by the number of edges
+    sparsity_in_edges: bool = True  # True: the Lagrangian term is multiplied by the number of edges
     lambda_decay: bool = False  # True: the multipliers' lr decays with the gates' lr
+    loss_power: float = 0.5  # per-example faithfulness is raised to this power (0.5: RMS error, sqrt KL)
+    samples: int = 2  # gate samples per example (>1: the score-function baseline is per example)
+    decay: float = 0.15  # decoupled pull: every step log_alpha -= lr_t * decay (outside Adam)
 
     def __post_init__(self):
         for name in ("target_sparsity", "node_target_sparsity", "warmup"):
@@ -162,6 +165,8 @@ def edge_pruning(
             idx = torch.randperm(N, generator=gen)[: cfg.batch_size].to(device)
         else:
             idx = torch.arange(N, device=device)
+        if cfg.samples > 1:
+            idx = idx.repeat(cfg.samples)  # sample k of example i at position k * n + i
         target = cfg.target_sparsity * min(1.0, step / warmup_steps)
         shape = () if cfg.shared_gates else (len(idx),)
         z = hard_concrete.sample(log_alpha.expand(*shape, -1), gen).to(dtype)
@@ -172,12 +177,18 @@ def edge_pruning(
         logits = model(examples.clean[idx], attention_mask=examples.valid[idx], edge_mask=z, node_mask=nodes,
                        ablated=part)
         per_example = faithfulness_loss(logits, reference[idx], examples, examples.answer[idx], cfg.logit_scale)
+        if cfg.loss_power != 1.0:
+            per_example = per_example.clamp_min(1e-12).pow(cfg.loss_power)
         faith = per_example.mean()
         surrogate = faith
         if cfg.score_function and not cfg.shared_gates and len(idx) > 1:
             # Leave-one-out baseline: each example's loss against the others' mean.
             f = per_example.detach()
-            advantage = f - (f.sum() - f) / (len(f) - 1)
+            if cfg.samples > 1:  # baseline: the other samples of the same example
+                fk = f.view(cfg.samples, -1)
+                advantage = (fk - (fk.sum(0) - fk) / (cfg.samples - 1)).reshape(-1)
+            else:
+                advantage = f - (f.sum() - f) / (len(f) - 1)
             logp = hard_concrete.log_prob_ends(log_alpha, z.detach()).sum(-1)  # [B]
             surrogate = surrogate + (advantage * logp).mean()
         if not torch.isfinite(faith):
@@ -194,6 +205,11 @@ def edge_pruning(
         lam_opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if cfg.decay:
+            with torch.no_grad():
+                step_lr = opt.param_groups[0]["lr"]
+                for p in params:
+                    p.sub_(step_lr * cfg.decay)
         lam_opt.step()
         sched.step()
         lam_sched.step()

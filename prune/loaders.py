@@ -41,7 +41,7 @@ import torch
 from prune.model import Transformer, TransformerConfig
 
 __all__ = [
-    "SUPPORTED", "from_hf", "convert", "transformer_config",
+    "SUPPORTED", "from_hf", "convert", "transformer_config", "model_type_of",
     "estimate_params", "estimate_bytes", "check_memory", "available_bytes",
 ]
 
@@ -163,6 +163,11 @@ def estimate_params(config) -> int:
     total += cfg.n_positions * D if cfg.positional == "learned" else 0
     total += D * cfg.out_size + cfg.out_size * cfg.unembed_bias
     return total
+
+
+def model_type_of(config_or_path) -> str:
+    """``"gpt2"`` or ``"llama"`` for a config, a checkpoint folder or a hub name (config only)."""
+    return _model_type(_load_config(config_or_path))
 
 
 def _load_config(config_or_path):

@@ -1,0 +1,371 @@
+"""Circuit-discovery baselines on the project's graph and ablations: EAP, EAP-IG, ACDC.
+
+Every method has Edge Pruning's signature, so each works as a ``--pruner``::
+
+    method(model, examples, *, ablation, seed=0, **options) -> prune.circuit.Circuit
+
+The circuit has one score per graph edge (graph order), ``method`` set to the
+method's name, and ``metadata`` holding the options and the seconds taken.
+The methods are deterministic; ``seed`` is accepted (and recorded) only so
+they share the pruner interface.
+
+Metric of the gradient methods (EAP, EAP-IG), mean over examples:
+
+- categorical outputs: the log-probability of the *full model's decoded label*,
+  summed over the example's answer positions;
+- numerical outputs: the output value, summed over the answer positions.
+
+KL(full || circuit), the faithfulness Edge Pruning and ACDC minimise, cannot be
+used: it is 0 at the full model and so is its gradient, so EAP would score every
+edge 0.
+
+Masks. In masked mode a reader's input is ``z * clean + (1 - z) * ablated`` per
+edge, so at ``z = 1`` the gradient of the metric w.r.t. an edge's mask is
+``(clean_w - ablated_w) . dMetric/dx_r``: exactly EAP's score (Syed et al. 2023).
+
+- :func:`eap`: that gradient, one forward and backward (in batches) at ``z = 1``.
+- :func:`eap_ig`: integrated gradients over the edge masks: all masks move
+  together from 0 (everything ablated) to 1 (clean); the score is the mean of the
+  gradients at ``steps`` midpoints ``(i + 1/2) / steps`` (default 5), times the
+  path length 1. This is the "activations" flavour of IG (interpolating every
+  edge's input between ablated and clean), not Hanna et al.'s interpolation of the
+  input embeddings. Completeness holds up to the quadrature error:
+  ``sum(scores) ~= metric(z=1) - metric(z=0)``. Under zero ablation a model
+  with layer norm or RMSNorm has a sharp integrand near ``z = 0`` (the norm of a
+  vanishing input), so few steps miss part of the difference there.
+- :func:`acdc`: Conmy et al.'s greedy removal. Readers are visited from the
+  output backwards (logits, then the last layer's MLP, its heads' v, k, q ports,
+  and so on), and each reader's writers from the last to the first. An edge is
+  removed when removing it raises the faithfulness loss (mean KL(full || circuit)
+  at the answer positions, or the mean squared error for numerical outputs; see
+  :func:`prune.edge_pruning.faithfulness_loss`) by at most ``tau`` over the
+  current circuit. A reader whose node no longer reaches the output loses its
+  edges without a forward pass (they cannot change anything). Default
+  ``tau=1e-6``: remove what changes nothing, up to float noise. Its scores are
+  the loss increases measured when each edge was tried (0 for edges removed
+  unseen). :func:`acdc_sweep` runs several taus and scores each edge by the
+  largest tau at which it is kept.
+
+Circuit of the score-based methods (EAP, EAP-IG). By default, the smallest k
+such that the top-k edges by ``|score|`` (ties in graph order) reproduce the
+full model's decoded outputs on every example, found by scanning k = 1, 2, ...
+(each k is first checked on a few examples, then on all). ``top_k=`` keeps the
+k best edges, ``threshold=`` the edges with ``|score| >= threshold``. In every
+case edges into heads and MLPs whose output reaches nothing are then dropped
+(:meth:`Circuit.without_dead_ends`): they cannot change the output.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from prune.ablation import ablated_writers, check_ablation
+from prune.circuit import Circuit
+from prune.data import Examples
+from prune.edge_pruning import edge_pruning, faithfulness_loss
+from prune.evaluate import circuit_logits, full_logits
+from prune.model import Transformer
+
+__all__ = [
+    "METHODS", "DEFAULT_TAU", "DEFAULT_SWEEP_TAUS",
+    "eap", "eap_ig", "acdc", "acdc_sweep",
+    "edge_auroc", "faithfulness", "metric", "ranking", "top_k_mask",
+]
+
+DEFAULT_TAU = 1e-6
+DEFAULT_SWEEP_TAUS: tuple[float, ...] = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+_BATCH = 512  # examples per forward pass in the gradient methods
+_PROBE = 32  # examples tried first when scanning k (most k fail on them already)
+
+
+# --------------------------------------------------------------------- helpers
+def _batches(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def _part(ablated, b):
+    """The ablated writers for batch slice ``b`` (mean ablation is shared by all)."""
+    return ablated if ablated is None or ablated.shape[1] == 1 else ablated[:, b]
+
+
+def _labels(examples: Examples, reference: torch.Tensor) -> torch.Tensor | None:
+    return examples.decode(reference) if examples.kind == "categorical" else None
+
+
+def _metric_sum(logits, examples: Examples, labels, answer) -> torch.Tensor:
+    """Sum over the batch of each example's metric (see the module doc)."""
+    if examples.kind == "numerical":
+        return (logits[..., 0] * answer).sum()
+    logp = F.log_softmax(logits.float(), -1).gather(-1, labels[..., None])[..., 0]
+    return (logp * answer).sum()
+
+
+def metric(model: Transformer, examples: Examples, edge_mask: torch.Tensor, ablation: str, *,
+           ablated: torch.Tensor | None = None, reference: torch.Tensor | None = None) -> float:
+    """The gradient methods' metric (module doc) of the masked model, mean over examples."""
+    check_ablation(ablation)
+    if reference is None:
+        reference = full_logits(model, examples)
+    if ablated is None and ablation != "zero":
+        ablated = ablated_writers(model, examples, ablation)
+    logits = circuit_logits(model, examples, edge_mask, ablation, ablated=ablated)
+    return _metric_sum(logits, examples, _labels(examples, reference), examples.answer).item() / len(examples)
+
+
+def _mask_gradient(model, examples, z_value: float, ablated, labels) -> torch.Tensor:
+    """``d mean-metric / dz`` at ``z = z_value`` on every edge, ``[n_edges]`` (float64)."""
+    g = model.graph
+    total = torch.zeros(g.n_edges, dtype=torch.float64)
+    for b in _batches(len(examples), _BATCH):
+        z = torch.full((g.n_edges,), float(z_value), dtype=model.W_E.dtype, requires_grad=True)
+        logits = model(examples.clean[b], attention_mask=examples.valid[b], edge_mask=z, ablated=_part(ablated, b))
+        m = _metric_sum(logits, examples, None if labels is None else labels[b], examples.answer[b])
+        (grad,) = torch.autograd.grad(m, z)
+        total += grad.double()
+    return total / len(examples)
+
+
+def faithfulness(model: Transformer, examples: Examples, edge_mask: torch.Tensor, ablation: str, *,
+                 ablated: torch.Tensor | None = None, reference: torch.Tensor | None = None) -> float:
+    """Mean faithfulness loss of a circuit: KL(full || circuit) (categorical) or squared error (numerical).
+
+    ``ablated`` and ``reference`` (the full model's logits) are computed when not given.
+    """
+    check_ablation(ablation)
+    g = model.graph
+    if edge_mask.shape != (g.n_edges,):
+        raise ValueError(f"edge_mask must be [{g.n_edges}] for this model's graph, got {tuple(edge_mask.shape)}")
+    if reference is None:
+        reference = full_logits(model, examples)
+    if ablated is None and ablation != "zero":
+        ablated = ablated_writers(model, examples, ablation)
+    logits = circuit_logits(model, examples, edge_mask, ablation, ablated=ablated)
+    return faithfulness_loss(logits, reference, examples, examples.answer).mean().item()
+
+
+# Methods whose scores mean "higher = more surely in the circuit" (Edge Pruning's
+# log-alphas, a sweep's largest kept tau): ranked by the signed score, since a
+# very negative log-alpha is a confidently pruned edge. The attribution methods
+# (EAP, EAP-IG, ACDC's loss increases) are ranked by |score|.
+_SIGNED = frozenset({"edge_pruning", "acdc_sweep"})
+
+
+def ranking(circuit: Circuit) -> torch.Tensor:
+    """``[n_edges]`` importance of each edge (higher = more important) from a circuit's scores."""
+    if circuit.scores is None:
+        raise ValueError(f"the {circuit.method or 'unnamed'} circuit has no scores to rank edges by")
+    s = torch.tensor(circuit.scores, dtype=torch.float64)
+    return s if circuit.method in _SIGNED else s.abs()
+
+
+def edge_auroc(scores, ground_truth_mask, *, absolute: bool = True) -> float:
+    """ROC AUC of ``|scores|`` (``absolute=False``: of ``scores`` as given) as a detector of
+    ground-truth edges (Mann-Whitney U, ties averaged).
+
+    1.0: every ground-truth edge scores above every other edge; 0.5: no better
+    than chance (or all tied); 0.0: reversed. Raises ValueError when either class
+    is empty (the AUC is undefined).
+    """
+    s = torch.as_tensor(scores, dtype=torch.float64).flatten()
+    if absolute:
+        s = s.abs()
+    y = torch.as_tensor(ground_truth_mask).flatten().bool()
+    if s.shape != y.shape:
+        raise ValueError(f"scores ({tuple(s.shape)}) and ground_truth_mask ({tuple(y.shape)}) differ in length")
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"edge AUROC needs ground-truth and other edges; got {n_pos} and {n_neg}")
+    # Average ranks (1-based) over ties.
+    order = torch.argsort(s, stable=True)
+    sorted_s = s[order]
+    ranks = torch.empty_like(s)
+    _, inverse, counts = torch.unique_consecutive(sorted_s, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()
+    avg = ends - (counts.double() - 1) / 2  # mean of ranks end-count+1 .. end
+    ranks[order] = avg[inverse]
+    u = ranks[y].sum().item() - n_pos * (n_pos + 1) / 2
+    return u / (n_pos * n_neg)
+
+
+def top_k_mask(scores: torch.Tensor, k: int, *, absolute: bool = True) -> torch.Tensor:
+    """``[n_edges]`` 0/1 mask of the ``k`` largest ``|scores|`` (or ``scores``; ties in graph order)."""
+    if not 0 <= k <= len(scores):
+        raise ValueError(f"k must be in [0, {len(scores)}], got {k!r}")
+    order = torch.sort(-(scores.abs() if absolute else scores), stable=True).indices
+    mask = torch.zeros(len(scores))
+    mask[order[:k]] = 1.0
+    return mask
+
+
+def _reproduces(model, examples, mask, ablation, ablated, reference, probe) -> bool:
+    """Does the circuit reproduce the decoded outputs on every example? (probe set first)"""
+    if probe is not None:
+        sub = examples.subset(probe)
+        logits = circuit_logits(model, sub, mask, ablation, ablated=_part(ablated, probe))
+        if not sub.agree(logits, reference[probe]).all():
+            return False
+    logits = circuit_logits(model, examples, mask, ablation, ablated=ablated)
+    return bool(examples.agree(logits, reference).all())
+
+
+def _score_circuit(model, examples, scores, *, ablation, ablated, reference, top_k, threshold) -> tuple[torch.Tensor, dict]:
+    """The circuit mask of a score-based method (module doc) and how it was chosen."""
+    n = model.graph.n_edges
+    if top_k is not None and threshold is not None:
+        raise ValueError(f"give top_k or threshold, not both (got top_k={top_k!r}, threshold={threshold!r})")
+    if top_k is not None:
+        if not isinstance(top_k, int) or not 0 <= top_k <= n:
+            raise ValueError(f"top_k must be an int in [0, {n}], got {top_k!r}")
+        return top_k_mask(scores, top_k), {"rule": "top_k", "k": top_k}
+    if threshold is not None:
+        if not threshold >= 0:
+            raise ValueError(f"threshold must be >= 0, got {threshold!r}")
+        mask = (scores.abs() >= threshold).float()
+        return mask, {"rule": "threshold", "k": int(mask.sum())}
+    probe = torch.arange(min(_PROBE, len(examples))) if len(examples) > _PROBE else None
+    for k in range(1, n + 1):
+        mask = top_k_mask(scores, k)
+        if _reproduces(model, examples, mask, ablation, ablated, reference, probe):
+            return mask, {"rule": "smallest reproducing top-k", "k": k}
+    return torch.ones(n), {"rule": "smallest reproducing top-k", "k": n}  # float noise: keep everything
+
+
+def _finish(model, scores, mask, *, ablation, method, model_name, metadata, start) -> Circuit:
+    metadata = {**metadata, "seconds": round(time.perf_counter() - start, 3)}
+    circuit = Circuit.from_mask(
+        model.graph, mask, ablation=ablation, model=model_name, d_model=model.cfg.d_model,
+        scores=tuple(float(s) for s in scores), method=method, metadata=metadata,
+    )
+    return circuit.without_dead_ends()
+
+
+def _check_common(model, examples, ablation, name):
+    check_ablation(ablation)
+    if len(examples) == 0:
+        raise ValueError(f"empty dataset: {name} needs at least one example")
+    model.requires_grad_(False)
+
+
+# --------------------------------------------------------------------- methods
+def eap(model: Transformer, examples: Examples, *, ablation: str, seed: int = 0, top_k: int | None = None,
+        threshold: float | None = None, model_name: str = "") -> Circuit:
+    """Edge Attribution Patching: score = dMetric/dz_e at z = 1 (module doc)."""
+    _check_common(model, examples, ablation, "EAP")
+    start = time.perf_counter()
+    reference = full_logits(model, examples)
+    ablated = ablated_writers(model, examples, ablation)
+    scores = _mask_gradient(model, examples, 1.0, ablated, _labels(examples, reference))
+    mask, rule = _score_circuit(model, examples, scores, ablation=ablation, ablated=ablated, reference=reference,
+                                top_k=top_k, threshold=threshold)
+    return _finish(model, scores, mask, ablation=ablation, method="eap", model_name=model_name, start=start,
+                   metadata={"seed": seed, "top_k": top_k, "threshold": threshold, **rule})
+
+
+def eap_ig(model: Transformer, examples: Examples, *, ablation: str, seed: int = 0, steps: int = 5,
+           top_k: int | None = None, threshold: float | None = None, model_name: str = "") -> Circuit:
+    """EAP with integrated gradients over the edge masks, 0 -> 1, midpoint rule (module doc)."""
+    _check_common(model, examples, ablation, "EAP-IG")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    start = time.perf_counter()
+    reference = full_logits(model, examples)
+    ablated = ablated_writers(model, examples, ablation)
+    labels = _labels(examples, reference)
+    scores = sum(_mask_gradient(model, examples, (i + 0.5) / steps, ablated, labels) for i in range(steps)) / steps
+    mask, rule = _score_circuit(model, examples, scores, ablation=ablation, ablated=ablated, reference=reference,
+                                top_k=top_k, threshold=threshold)
+    return _finish(model, scores, mask, ablation=ablation, method="eap_ig", model_name=model_name, start=start,
+                   metadata={"seed": seed, "steps": steps, "top_k": top_k, "threshold": threshold, **rule})
+
+
+def _reader_writer(graph, reader: int) -> int | None:
+    """The writer (node output) of a reader's node; None for the logits."""
+    if reader == graph.logits_reader:
+        return None
+    layer, offset = divmod(reader, 3 * graph.n_heads + 1)
+    if offset == 3 * graph.n_heads:
+        return graph.mlp_writer(layer)
+    return graph.head_writer(layer, offset % graph.n_heads)
+
+
+def _acdc_run(model, examples, ablation, tau, ablated, reference) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    g = model.graph
+    mask = torch.ones(g.n_edges)
+    increases = torch.zeros(g.n_edges, dtype=torch.float64)
+    by_reader: dict[int, list[int]] = {}
+    for pos, (w, r) in enumerate(g.edges):
+        by_reader.setdefault(r, []).append(pos)
+    writer_of = g.edge_index_tensor[0]
+
+    def loss(m):
+        return faithfulness(model, examples, m, ablation, ablated=ablated, reference=reference)
+
+    current = loss(mask)
+    tried = skipped = 0
+    for r in range(g.n_readers - 1, -1, -1):
+        edges = sorted(by_reader.get(r, []), key=lambda p: -g.edges[p][0])  # writers last to first
+        node = _reader_writer(g, r)
+        if node is not None and not bool(mask[writer_of == node].any()):
+            # This node reaches nothing any more: its inputs cannot change the output.
+            mask[edges] = 0.0
+            skipped += len(edges)
+            continue
+        for pos in edges:
+            mask[pos] = 0.0
+            new = loss(mask)
+            tried += 1
+            increases[pos] = new - current
+            if new - current <= tau:
+                current = new
+            else:
+                mask[pos] = 1.0
+    return mask, increases, {"tried": tried, "skipped": skipped, "faithfulness": current}
+
+
+def acdc(model: Transformer, examples: Examples, *, ablation: str, seed: int = 0, tau: float = DEFAULT_TAU,
+         model_name: str = "") -> Circuit:
+    """ACDC: greedy edge removal from the output backwards with threshold ``tau`` (module doc)."""
+    _check_common(model, examples, ablation, "ACDC")
+    if not (isinstance(tau, (int, float)) and tau >= 0):
+        raise ValueError(f"tau must be a number >= 0, got {tau!r}")
+    start = time.perf_counter()
+    reference = full_logits(model, examples)
+    ablated = ablated_writers(model, examples, ablation)
+    with torch.no_grad():
+        mask, increases, info = _acdc_run(model, examples, ablation, float(tau), ablated, reference)
+    return _finish(model, increases, mask, ablation=ablation, method="acdc", model_name=model_name, start=start,
+                   metadata={"seed": seed, "tau": tau, **info})
+
+
+def acdc_sweep(model: Transformer, examples: Examples, *, ablation: str, taus=DEFAULT_SWEEP_TAUS,
+               model_name: str = "") -> tuple[Circuit, list[Circuit]]:
+    """ACDC at every tau: (a summary circuit, the circuit per tau in the order given).
+
+    The summary's scores are, per edge, the largest tau at which ACDC keeps it
+    (0 if it is never kept); its edges are those of the smallest tau.
+    """
+    taus = [float(t) for t in taus]
+    if not taus or any(not t >= 0 for t in taus):
+        raise ValueError(f"taus must be a non-empty list of numbers >= 0, got {taus!r}")
+    start = time.perf_counter()
+    circuits = [acdc(model, examples, ablation=ablation, tau=t, model_name=model_name) for t in taus]
+    scores = torch.zeros(model.graph.n_edges, dtype=torch.float64)
+    for t, c in zip(taus, circuits):
+        scores = torch.where(c.mask() > 0, torch.clamp(scores, min=t), scores)
+    smallest = circuits[min(range(len(taus)), key=taus.__getitem__)]
+    summary = _finish(model, scores, smallest.mask(), ablation=ablation, method="acdc_sweep", model_name=model_name,
+                      start=start, metadata={"taus": taus, "edges_per_tau": [len(c) for c in circuits]})
+    return summary, circuits
+
+
+METHODS: dict[str, Callable[..., Circuit]] = {
+    "edge_pruning": edge_pruning,
+    "acdc": acdc,
+    "eap": eap,
+    "eap_ig": eap_ig,
+}
