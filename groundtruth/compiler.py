@@ -115,7 +115,11 @@ class Compiled:
         return results
 
 
-_FORWARDS: dict[int, Any] = {}
+# Jitted forwards of the most recently used models. Bounded: a long run over many
+# generated programs would otherwise keep every compiled model alive. The model
+# is kept with its forward so an id is never reused while its entry exists.
+_FORWARDS: dict[int, tuple[Any, Any]] = {}
+_MAX_FORWARDS = 8
 
 
 def _jitted_forward(assembled):
@@ -123,8 +127,10 @@ def _jitted_forward(assembled):
 
     key = id(assembled)
     if key not in _FORWARDS:
-        _FORWARDS[key] = jax.jit(assembled.forward)
-    return _FORWARDS[key]
+        while len(_FORWARDS) >= _MAX_FORWARDS:
+            _FORWARDS.pop(next(iter(_FORWARDS)))
+        _FORWARDS[key] = (assembled, jax.jit(assembled.forward))
+    return _FORWARDS[key][1]
 
 
 def _decode(compiled: Compiled, row) -> list:

@@ -130,6 +130,7 @@ PREDICATES = {  # Select predicates (key, query)
 }
 COMPARISONS = ("EQ", "LT", "LEQ", "GT", "GEQ", "NEQ", "TRUE")
 CAUSAL_COMPARISONS = ("LEQ", "LT")  # keys and queries both indices: k <= q
+REFLEXIVE = ("LEQ", "GEQ", "EQ", "TRUE")  # Select(X, X, c) selects the query's own position
 LINEAR_FACTORS = ((1, 1), (1, -1), (0.5, 0.5))
 POOLS = {"cat_map": CAT_MAPS, "cat_to_num": CAT_TO_NUM, "num_map": NUM_MAPS, "num_to_cat": NUM_TO_CAT,
          "seq_map": SEQ_MAPS, "predicate": PREDICATES}
@@ -255,6 +256,10 @@ class Info:
     values: frozenset
     exact: bool = True
     zero_one: bool = False
+    bos: object = None  # the value at the BOS position of the compiled model (see _bos)
+
+
+EMPTY = "empty"  # a categorical SOp with no value direction set at BOS
 
 
 # ------------------------------------------------------------------ generator
@@ -272,8 +277,8 @@ class _Generator:
         self.L = 2 + self.choose(max_seq_len - 1)
         self.causal = bool(self.choose(2)) if causal is None else causal
         self.numerical = bool(self.choose(2)) if numerical is None else numerical
-        self.info: dict = {TOKENS: Info(False, frozenset(range(self.vocab_size))),
-                           INDICES: Info(False, frozenset(range(self.L)))}
+        self.info: dict = {TOKENS: Info(False, frozenset(range(self.vocab_size)), bos=EMPTY),
+                           INDICES: Info(False, frozenset(range(self.L)), bos=EMPTY)}
 
     def choose(self, n: int) -> int:
         if n <= 0:
@@ -293,8 +298,47 @@ class _Generator:
 
     # -- bookkeeping
     def _add(self, node, info: Info):
-        self.info[node] = info
+        self.info[node] = dataclasses.replace(info, bos=self._bos(node))
         return node
+
+    def _bos(self, node):
+        """What the compiled model holds for ``node`` at the BOS position: EMPTY, a value, or None (unknown).
+
+        Tracr assumes BOS holds only ``bos + one``. MLPs reading one-hot inputs
+        keep it so (their inputs are empty at BOS), but numerical MLPs write
+        ``f(0)`` there. That matters twice: a numerical Aggregate that selects
+        nothing attends to BOS and reads its value there (Tracr's default 0 needs
+        a 0), and a Select whose keys hold a value at BOS can match BOS, which
+        then outweighs the real keys. The BOS query attends only to BOS when its
+        queries are empty there, so an Aggregate passes its value's BOS on, and
+        SelectorWidth cleans BOS itself.
+        """
+        if isinstance(node, (AggregateN, WidthN)):
+            if self.info[node.select.queries].bos != EMPTY:
+                return None
+            return EMPTY if isinstance(node, WidthN) else self.info[node.sop].bos
+        kids = [self.info[c].bos for c in _children(node)]
+        if any(b is None for b in kids):
+            return None
+        if isinstance(node, LinearN):
+            x, y = kids
+            return node.fst_fac * x + node.snd_fac * y
+        if isinstance(node, SeqMapN):
+            return EMPTY if EMPTY in kids else node.fn(*kids)
+        (b,), inner = kids, node.inner
+        if b == EMPTY:
+            return 0 if node.numerical else EMPTY
+        if self.info[inner].numerical and b not in self.info[inner].values:
+            return None  # the discretising MLP's output between breakpoints
+        return node.fn(b)
+
+    def clean_keys(self, keys, other=None):
+        """``keys`` if it is empty at BOS (a Select's keys must be), else ``other`` if that is, else tokens."""
+        if self.info[keys].bos == EMPTY:
+            return keys
+        if other is not None and self.info[other].bos == EMPTY:
+            return other
+        return TOKENS
 
     def values(self, node) -> frozenset:
         return self.info[node].values
@@ -374,27 +418,39 @@ class _Generator:
         return self._add(WidthN(select), Info(False, frozenset(range(self.L + 1))))
 
     # -- selectors
-    def select(self, d: int, *, need: bool, for_width: bool) -> SelectN:
-        """A selector for SelectorWidth or a mean (any number of keys)."""
+    def select(self, d: int, *, need: bool, for_width: bool, never_empty: bool = False) -> SelectN:
+        """A selector for SelectorWidth or a mean (any number of keys).
+
+        ``never_empty``: every query selects at least one key (keys and queries
+        the same SOp under a reflexive comparison).
+        """
         kinds = []
         if not need:
             kinds.append("indices")
         if not self.causal:
             kinds.append("compare")
-        kinds.append("earlier_eq")
+        if not never_empty:
+            kinds.append("earlier_eq")
         kind = self.pick(kinds)
         if kind == "indices":
             comparisons = CAUSAL_COMPARISONS if self.causal else COMPARISONS
+            if never_empty:
+                comparisons = [c for c in comparisons if c in REFLEXIVE]
             if for_width:  # EQ on indices selects one key: a constant width
                 comparisons = [c for c in comparisons if c != "EQ"]
             return SelectN(INDICES, INDICES, Fn("predicate", self.pick(comparisons)))
         if kind == "compare":
             keys = self.cat(d, need=need)
+            if never_empty:
+                keys = self.clean_keys(keys)
+                return SelectN(keys, keys, Fn("predicate", self.pick(REFLEXIVE)))
             queries = self.cat(d, need=False)
+            if self.info[keys].bos != EMPTY:
+                keys, queries = self.clean_keys(keys, queries), keys
             return SelectN(keys, queries, Fn("predicate", self.pick(COMPARISONS)))
         # earlier_eq: keys (x, index) pairs, query index; selects earlier positions holding c
         x = self.cat(d, need=need)
-        if x == INDICES:
+        if x == INDICES or self.info[x].bos != EMPTY:
             x = TOKENS
         pair = SeqMapN(Fn("seq_map", "pair"), x, INDICES)
         self._add(pair, Info(False, self._image(pair.fn, self.values(x), range(self.L))))
@@ -419,7 +475,7 @@ class _Generator:
         select = self.one_key_select(copy_ok=not numerical)
         if select == "copy":
             # keys X, queries X, EQ: every selected key holds the query's X, so f(X) is copied
-            keys = self.cat(d - 1, need=need)
+            keys = self.clean_keys(self.cat(d - 1, need=need))
             S = sorted(self.values(keys))
             fn = self._fn("cat_map", self._varied("cat_map", CAT_MAPS, [S], lambda name: {
                 "add_mod": [(1, k) for k in (2, 3)], "is_lt": [(c,) for c in S[1:]], "is_eq": [(c,) for c in S],
@@ -458,8 +514,10 @@ class _Generator:
         if kind == "shift":
             return self.one_key_aggregate(d, need=need, numerical=True)
         if kind == "mean":
-            select = self.select(d - 1, need=False, for_width=False)
             value = self.num(d - 1, need=need, zero_one=True)
+            # Selecting nothing reads the value at BOS: only a value 0 there gives the default 0.
+            select = self.select(d - 1, need=False, for_width=False,
+                                 never_empty=self.info[value].bos not in (0, EMPTY))
             values = frozenset(v / n for v in self.values(value) for n in range(1, self.L + 1))
             return self._add(AggregateN(select, value, True), Info(True, values, exact=False))
         if kind == "linear":
@@ -707,4 +765,12 @@ def acceptance_rate(n: int = 50, seed: int = 0, **kw) -> tuple[int, int, dict[st
             reasons[f"crash: {type(err).__name__}: {str(err)[:80]}"] += 1
         else:
             accepted += 1
+        _forget_jitted_forwards()
     return accepted, n, dict(reasons)
+
+
+def _forget_jitted_forwards() -> None:
+    """Drop groundtruth.compiler's cache of jitted forwards (it keeps every compiled model alive)."""
+    from groundtruth import compiler
+
+    getattr(compiler, "_FORWARDS", {}).clear()

@@ -5,10 +5,9 @@
 
 ``--model`` is a local checkpoint folder or a hub name (where a network
 exists). One run per target: ``DIR/target-<t>/`` holds ``circuit.json``
-(EAP-IG), ``metrics.json`` and, while training, ``checkpoint.safetensors``;
-a killed run started again with the same arguments resumes from its last
-checkpoint and ends with the same circuit. With several targets,
-``DIR/sweep.png`` plots the task metric against the edge count.
+(EAP-IG) and ``metrics.json``. With several targets, ``DIR/sweep.png`` plots
+the task metric against the edge count. (Resuming a killed run from periodic
+checkpoints is not implemented yet.)
 """
 
 from __future__ import annotations
@@ -101,13 +100,11 @@ def cmd_run(args) -> int:
         run_dir = args.out / f"target-{cfg.target_sparsity:g}"
         run_dir.mkdir(exist_ok=True)
         circuit = edge_pruning(model, task.examples, ablation=args.ablation, seed=args.seed, config=cfg,
-                               model_name=str(args.model), quiet=args.quiet,
-                               checkpoint=run_dir / "checkpoint.safetensors", checkpoint_every=args.checkpoint_every)
+                               model_name=str(args.model), quiet=args.quiet)
         circuit.save(run_dir / "circuit.json")
         metrics = {"target_edge_sparsity": cfg.target_sparsity, "task": args.task, "ablation": args.ablation,
                    "seed": args.seed, **circuit_metrics(model, task, circuit, args.ablation)}
         _write_json(run_dir / "metrics.json", metrics)
-        (run_dir / "checkpoint.safetensors").unlink(missing_ok=True)  # done: nothing left to resume
         summary.append(metrics)
         print(json.dumps(metrics))
     if len(summary) > 1:
@@ -153,7 +150,6 @@ def main(argv=None) -> int:
     p.add_argument("--ablation", default="resample", choices=["zero", "mean", "resample"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="fp32", choices=list(_DTYPES))
-    p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)

@@ -1,32 +1,77 @@
 """Edge Pruning (Bhaskar et al. 2024): learn a hard-concrete gate on every edge.
 
-The model's weights are frozen. Each edge has a log-alpha; each step samples one
-gate per edge (shared by the batch), runs the masked model with the chosen
-ablation standing in for closed gates, and minimises
+The model's weights are frozen. Each edge has a log-alpha; each step draws
+``batch_size`` examples, each ``samples`` times with its own gate sample per
+edge, runs the masked model with the chosen ablation standing in for closed
+gates, and minimises
 
-    faithfulness + l1 * (s - t) + l2 * (s - t)^2
+    faithfulness + n_edges * (l1 * (s - t) + l2 * (s - t)^2)
 
-where faithfulness is KL(full || circuit) at the answer positions (categorical
-outputs) or the squared error of the output (numerical), ``s`` is the expected
-edge sparsity ``1 - mean P(gate != 0)``, and the target ``t`` ramps linearly
-from 0 to ``target_sparsity`` during warm-up. The multipliers ``l1``, ``l2``
-are trained by gradient ascent, so the pressure to prune rises until the
-target is met. At the end every gate is binarised: an edge is kept when its
-noiseless gate is above 1/2 (``log_alpha > 0``), and edges into heads or MLPs
-whose output reaches nothing are dropped (they cannot affect the output).
+where faithfulness is, per example, KL(full || circuit) at the answer positions
+(categorical outputs, inverse temperature ``logit_scale``) or the squared error
+of the output (numerical), raised to ``loss_power``; ``s`` is the expected edge
+sparsity ``1 - mean P(gate != 0)``, and the target ``t`` ramps linearly from 0
+to ``target_sparsity`` during warm-up. The multipliers ``l1``, ``l2`` are
+trained by gradient ascent, so the pressure to prune rises until the target is
+met. The gradient of the faithfulness term is the pathwise (reparameterised)
+one plus a score-function (REINFORCE) term for gates sampled exactly 0 or 1.
+Adam updates the log-alphas; in addition every log-alpha is pulled down by
+``lr_t * decay`` per step, outside Adam (decoupled, as AdamW's weight decay).
+At the end every gate is binarised: an edge is kept when its noiseless gate is
+above 1/2 (``log_alpha > 0``), and edges into heads or MLPs whose output
+reaches nothing are dropped (they cannot affect the output).
 
-Defaults, and why they differ from the reference implementation:
+Defaults, and why they differ from the reference implementation. They were
+tuned so that, under zero ablation, the binarised circuit equals the verified
+functional ground truth of the compiled Tracr programs in
+:mod:`groundtruth.artifacts`. Tracr models are step functions (discretising
+MLPs with ramps ~1/100 wide, attention with a very cold softmax), so closing an
+edge changes the output by a discrete jump and pathwise gradients of a gate are
+mostly zero; the defaults make the score-function signal usable.
 
-- ``init_log_alpha=3`` (reference: 10). At 10 a gate is 1 with probability
-  0.9998 and gets almost no gradient; the reference relies on AdamW weight decay
-  to drag it down. At 3 it is open with probability 0.8 and learns at once.
-- sparsity is the expected L0 (Louizos et al.), not the sampled gates: a smooth
-  signal for every gate, including ones sampled closed this step.
-- the target is 1.0 (remove every edge the loss allows) and the multipliers
-  keep rising while edges remain; the faithfulness loss of a needed edge is far
-  larger than the sparsity gain of one edge, so needed edges stay.
-- Adam on log-alphas with lr 0.1, a linear decay to 0 in the last
-  ``1 - warmup`` of the steps, so gates settle before binarisation.
+- ``init_log_alpha=8`` (reference: 10). Every gate starts open with
+  probability ~0.9999, so the starting circuit is the full model and every
+  example's loss is ~0; lower (3) starts from a broken circuit and optimisation
+  stalls in it (e.g. ``count_less_freq`` collapses to the empty circuit).
+- ``shared_gates=False`` and ``samples=2`` (reference: one gate sample per step
+  shared by the batch). Each example draws its own gates, twice; the
+  score-function baseline of a sample is the loss of the other sample of the
+  same example. This removes the example-to-example variance of the loss from
+  the REINFORCE term (the leave-one-out baseline over *other* examples keeps
+  it), which is what drowns edges that matter on only a few examples.
+- ``score_function=True`` (reference: pathwise only). The pathwise gradient
+  misses edges whose effect is a jump (query/key edges into cold attention,
+  value edges from BOS); the score function of the point masses at 0 and 1
+  sees the jump.
+- ``decay=0.25``: a decoupled pull ``log_alpha -= lr_t * decay`` every step
+  (reference: AdamW weight decay 0.01 toward 0). Adam normalises each
+  coordinate, so with REINFORCE noise an unneeded edge random-walks instead of
+  descending; the decoupled pull moves every gate down at a fixed rate, and an
+  edge survives only when its faithfulness signal pushes it back up
+  consistently. A pull toward a constant rather than toward 0 leaves no gate
+  parked at the threshold. The rate trades two failures: at 0.15 "helper"
+  edges (useful only while a needed gate is sometimes closed) survive; at 0.35
+  needed edges with a rare effect (query/key edges of a mean aggregation) die.
+- ``sparsity_in_edges=True`` and ``lambda_lr=1e-4`` (reference: the mean over
+  edges and lr ~1). The Lagrangian term is measured in edges (``n_edges``
+  times the mean), so the push per edge does not shrink on big graphs, and the
+  multipliers grow slowly: with the target 1 (below) they never stop rising,
+  and a multiplier larger than the KL cost of a needed edge (as low as ~0.01
+  when the edge changes the output of a few percent of the examples) prunes
+  it. Adam turns any non-zero multiplier into a full step on an edge with no
+  faithfulness gradient, so a small one suffices.
+- ``target_sparsity=1.0``: remove every edge the loss allows; the final size is
+  set by the balance above, not by a guessed target.
+- ``logit_scale=1`` and ``loss_power=0.5``. Tracr logits are one-hot, so a
+  larger scale makes a confidently wrong output far costlier than a uniform
+  one (KL ~ scale vs log K), and the optimiser then prefers cutting the edge
+  to the logits while upstream gates are noisy. The square root (sqrt KL, RMS
+  error) makes small but real effects (e.g. a numerical mean that drifts by a
+  few percent when a query edge is closed) count for more relative to big
+  ones, which raises their signal-to-noise ratio.
+- ``batch_size=64``, ``steps=300``, ``lr=0.1`` with a linear decay to 0 in the
+  last ``1 - warmup`` of the steps, so gates settle before binarisation; a few
+  seconds per program on one CPU thread.
 """
 
 from __future__ import annotations
@@ -66,10 +111,9 @@ class EdgePruningConfig:
     shared_gates: bool = False  # True: one gate sample per step for the batch (the reference's choice)
     score_function: bool = True  # add a REINFORCE term for gates sampled exactly 0 or 1
     sparsity_in_edges: bool = True  # True: the Lagrangian term is multiplied by the number of edges
-    lambda_decay: bool = False  # True: the multipliers' lr decays with the gates' lr
     loss_power: float = 0.5  # per-example faithfulness is raised to this power (0.5: RMS error, sqrt KL)
     samples: int = 2  # gate samples per example (>1: the score-function baseline is per example)
-    decay: float = 0.15  # decoupled pull: every step log_alpha -= lr_t * decay (outside Adam)
+    decay: float = 0.25  # decoupled pull: every step log_alpha -= lr_t * decay (outside Adam)
 
     def __post_init__(self):
         for name in ("target_sparsity", "node_target_sparsity", "warmup"):
@@ -80,9 +124,13 @@ class EdgePruningConfig:
             raise ValueError(f"steps must be a positive int, got {self.steps!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
-        for name in ("lr", "lambda_lr"):
+        for name in ("lr", "lambda_lr", "loss_power"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not isinstance(self.samples, int) or self.samples < 1:
+            raise ValueError(f"samples must be a positive int, got {self.samples!r}")
+        if not (isinstance(self.decay, (int, float)) and self.decay >= 0):
+            raise ValueError(f"decay must be >= 0, got {self.decay!r}")
 
 
 def faithfulness_loss(circuit_logits: torch.Tensor, full_logits: torch.Tensor, examples: Examples,
@@ -154,7 +202,6 @@ def edge_pruning(
         return max(0.0, (cfg.steps - step) / max(1, cfg.steps - warmup_steps))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    lam_sched = torch.optim.lr_scheduler.LambdaLR(lam_opt, lr_factor if cfg.lambda_decay else (lambda step: 1.0))
     scale = float(g.n_edges) if cfg.sparsity_in_edges else 1.0
     node_scale = float(g.n_writers) if cfg.sparsity_in_edges else 1.0
     N = len(examples)
@@ -182,7 +229,8 @@ def edge_pruning(
         faith = per_example.mean()
         surrogate = faith
         if cfg.score_function and not cfg.shared_gates and len(idx) > 1:
-            # Leave-one-out baseline: each example's loss against the others' mean.
+            # Leave-one-out baseline: each sample's loss against the mean of the other samples
+            # of the same example (samples > 1), or of the other examples (samples == 1).
             f = per_example.detach()
             if cfg.samples > 1:  # baseline: the other samples of the same example
                 fk = f.view(cfg.samples, -1)
@@ -212,7 +260,6 @@ def edge_pruning(
                     p.sub_(step_lr * cfg.decay)
         lam_opt.step()
         sched.step()
-        lam_sched.step()
         if step % 25 == 0 or step == cfg.steps - 1:
             history.append({"step": step, "faithfulness": faith.item(), "sparsity": sparsity.item(),
                             "target": target, "lambda1": lagrangian.l1.item(), "lambda2": lagrangian.l2.item()})
