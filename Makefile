@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow build bench clean
+.PHONY: demo test test-slow test-deep build bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,8 +19,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The slow tests: recovery over ten seeds, recovery of random programs.
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# The random-program properties with the deep hypothesis profile (many more examples).
+test-deep: $(STAMP)
+	HYPOTHESIS_PROFILE=deep $(PY) -m pytest -q -m "slow or not slow" tests/test_strategies.py
 
 build: $(STAMP)
 	$(PY) -m groundtruth.cli build
