@@ -38,8 +38,11 @@ def log_prob_ends(log_alpha: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     gradient never sees them (the clip is flat there); their log-probability
     gives a score-function (REINFORCE) gradient for them.
     """
-    at_zero = BETA * math.log(-LEFT / (RIGHT - LEFT) / (1 + LEFT / (RIGHT - LEFT))) - log_alpha
-    at_one = log_alpha - BETA * math.log((1 - LEFT) / (RIGHT - LEFT) / (1 - (1 - LEFT) / (RIGHT - LEFT)))
+    # The stretched gate is 0 when s <= a and 1 when s >= b (a, b below), and
+    # P(s <= x) = sigmoid(BETA * logit(x) - log_alpha).
+    a, b = -LEFT / (RIGHT - LEFT), (1 - LEFT) / (RIGHT - LEFT)
+    at_zero = BETA * math.log(a / (1 - a)) - log_alpha
+    at_one = log_alpha - BETA * math.log(b / (1 - b))
     zero, one = z <= 0, z >= 1
     return torch.where(zero, F.logsigmoid(at_zero), torch.zeros_like(z)) + torch.where(
         one, F.logsigmoid(at_one), torch.zeros_like(z))
