@@ -101,7 +101,6 @@ def _plot(path: Path, program: str, art, ablation: str, circuits: dict, gt_size:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import torch
 
     from prune.ablation import ablated_writers
     from prune.baselines import acdc_sweep, faithfulness, ranking, top_k_mask

@@ -77,7 +77,6 @@ mostly zero; the defaults make the score-function signal usable.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 
 import torch

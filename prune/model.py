@@ -457,7 +457,3 @@ class Transformer(nn.Module):
         with torch.no_grad():
             return self(tokens, attention_mask=attention_mask, return_writers=True)[1]
 
-    @staticmethod
-    def param_count(module: nn.Module) -> int:
-        return sum(p.numel() for p in module.parameters())
-

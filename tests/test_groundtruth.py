@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 
 from conftest import library_case, library_names
 from groundtruth.circuits import functional_edges
-from groundtruth.compiler import check_against_rasp, compile_program
-from groundtruth.convert import to_torch
+from groundtruth.compiler import check_against_rasp
 from groundtruth.case import make_examples
 from groundtruth.registry import library
 
