@@ -77,7 +77,12 @@ mostly zero; the defaults make the score-function signal usable.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -87,10 +92,13 @@ from prune import hard_concrete
 from prune.ablation import ablated_writers, check_ablation
 from prune.circuit import Circuit
 from prune.data import Examples
-from prune.evaluate import full_logits
+from prune.evaluate import circuit_agreement, full_logits
 from prune.model import Transformer
 
-__all__ = ["EdgePruningConfig", "edge_pruning", "faithfulness_loss"]
+__all__ = ["EdgePruningConfig", "EdgePruner", "CheckpointError", "edge_pruning", "faithfulness_loss",
+           "language_model_config"]
+
+FINALIZE = ("exact", "threshold")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -113,6 +121,7 @@ class EdgePruningConfig:
     loss_power: float = 0.5  # per-example faithfulness is raised to this power (0.5: RMS error, sqrt KL)
     samples: int = 2  # gate samples per example (>1: the score-function baseline is per example)
     decay: float = 0.25  # decoupled pull: every step log_alpha -= lr_t * decay (outside Adam)
+    finalize: str = "exact"  # "exact": faithful binarisation on the training set; "threshold": log_alpha > 0
 
     def __post_init__(self):
         for name in ("target_sparsity", "node_target_sparsity", "warmup"):
@@ -130,6 +139,29 @@ class EdgePruningConfig:
             raise ValueError(f"samples must be a positive int, got {self.samples!r}")
         if not (isinstance(self.decay, (int, float)) and self.decay >= 0):
             raise ValueError(f"decay must be >= 0, got {self.decay!r}")
+        if self.finalize not in FINALIZE:
+            raise ValueError(f"finalize must be one of {FINALIZE}, got {self.finalize!r}")
+
+
+def language_model_config(target_sparsity: float, **overrides) -> EdgePruningConfig:
+    """The configuration for a real language model at a chosen edge sparsity.
+
+    A language model's circuit at a given sparsity is an approximation, not an
+    exact reproduction, so there is no exact binarisation (``finalize =
+    "threshold"``), and the step is the reference implementation's: one gate
+    sample per step shared by the batch, pathwise gradients only, the mean
+    sparsity in the Lagrangian and a loss of plain KL. The reference's learning
+    rates (0.8) assume its AdamW decay and gradient clipping; ours keeps Adam
+    with the decoupled pull, at the rates below, and ``init_log_alpha=3``
+    (gates open with probability ~0.99) so that 3000 steps suffice to move them.
+    """
+    values = dict(
+        steps=3000, batch_size=32, lr=0.1, lambda_lr=0.01, target_sparsity=target_sparsity, warmup=5 / 6,
+        init_log_alpha=3.0, shared_gates=True, score_function=False, sparsity_in_edges=False, loss_power=1.0,
+        samples=1, decay=0.0, finalize="threshold",
+    )
+    values.update(overrides)
+    return EdgePruningConfig(**values)
 
 
 def faithfulness_loss(circuit_logits: torch.Tensor, full_logits: torch.Tensor, examples: Examples,
@@ -157,6 +189,326 @@ class _Lagrangian(torch.nn.Module):
         return self.l1 * gap + self.l2 * gap * gap
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or made for another run."""
+
+
+def _fingerprint(model: Transformer, examples: Examples) -> str:
+    """What a checkpoint must match to be resumed: the graph, the weights' shapes and the data."""
+    h = hashlib.sha256()
+    h.update(repr((model.graph.n_layers, model.graph.n_heads, model.cfg.d_model, model.cfg.vocab_size)).encode())
+    for t in (examples.clean, examples.corrupted, examples.valid, examples.answer):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class EdgePruner:
+    """One Edge Pruning run, a step at a time: ``step()``, ``save``/``resume``, ``circuit()``.
+
+    :func:`edge_pruning` runs it start to end; use this class to checkpoint a
+    long run, or to time one step. The model's weights are frozen (no grad).
+    """
+
+    def __init__(self, model: Transformer, examples: Examples, *, ablation: str, seed: int = 0,
+                 config: EdgePruningConfig | None = None, model_name: str = ""):
+        self.cfg = cfg = config or EdgePruningConfig()
+        check_ablation(ablation)
+        if len(examples) == 0:
+            raise ValueError("empty dataset: Edge Pruning needs at least one example")
+        self.model, self.examples, self.ablation = model, examples, ablation
+        self.seed, self.model_name = seed, model_name
+        g = model.graph
+        device = model.W_E.device
+        model.requires_grad_(False)
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.reference = full_logits(model, examples)  # targets: fixed weights, fixed data
+        self.ablated = ablated_writers(model, examples, ablation)  # None, [W,1,S,D] or [W,N,S,D]
+
+        self.log_alpha = torch.nn.Parameter(torch.full((g.n_edges,), float(cfg.init_log_alpha), device=device))
+        self.params = [self.log_alpha]
+        self.node_log_alpha = None
+        if cfg.node_masks:
+            self.node_log_alpha = torch.nn.Parameter(
+                torch.full((g.n_writers,), float(cfg.init_log_alpha), device=device))
+            self.params.append(self.node_log_alpha)
+        self.lagrangian = _Lagrangian().to(device)
+        self.node_lagrangian = _Lagrangian().to(device)
+        self.opt = torch.optim.Adam(self.params, lr=cfg.lr)
+        self.lam_opt = torch.optim.Adam([*self.lagrangian.parameters(), *self.node_lagrangian.parameters()],
+                                        lr=cfg.lambda_lr, maximize=True)
+        self.warmup_steps = max(1, int(cfg.warmup * cfg.steps))
+        self.step_index = 0  # steps taken
+        self.history: list[dict] = []
+        self.seconds = 0.0  # training time so far, over every resume
+
+    # ------------------------------------------------------------------ training
+    @property
+    def done(self) -> bool:
+        return self.step_index >= self.cfg.steps
+
+    def lr_factor(self, step: int) -> float:
+        """Constant through warm-up, then a linear decay to 0 at the last step."""
+        if step < self.warmup_steps:
+            return 1.0
+        return max(0.0, (self.cfg.steps - step) / max(1, self.cfg.steps - self.warmup_steps))
+
+    def step(self) -> dict:
+        """One training step; returns its faithfulness, expected sparsity and target."""
+        cfg, model, ex, gen = self.cfg, self.model, self.examples, self.generator
+        if self.done:
+            raise RuntimeError(f"the run has finished its {cfg.steps} steps")
+        start = time.perf_counter()
+        step = self.step_index
+        device, dtype = model.W_E.device, model.W_E.dtype
+        N = len(ex)
+        if N > cfg.batch_size:
+            idx = torch.randperm(N, generator=gen)[: cfg.batch_size].to(device)
+        else:
+            idx = torch.arange(N, device=device)
+        if cfg.samples > 1:
+            idx = idx.repeat(cfg.samples)  # sample k of example i at position k * n + i
+        ramp = min(1.0, step / self.warmup_steps)
+        target = cfg.target_sparsity * ramp
+        shape = () if cfg.shared_gates else (len(idx),)
+        z = hard_concrete.sample(self.log_alpha.expand(*shape, -1), gen).to(dtype)
+        nodes = None
+        if self.node_log_alpha is not None:
+            nodes = hard_concrete.sample(self.node_log_alpha.expand(*shape, -1), gen).to(dtype)
+        ablated = self.ablated
+        part = None if ablated is None else (ablated if ablated.shape[1] == 1 else ablated[:, idx])
+        logits = model(ex.clean[idx], attention_mask=ex.valid[idx], edge_mask=z, node_mask=nodes, ablated=part)
+        per_example = faithfulness_loss(logits, self.reference[idx], ex, ex.answer[idx], cfg.logit_scale)
+        if cfg.loss_power != 1.0:
+            per_example = per_example.clamp_min(1e-12).pow(cfg.loss_power)
+        faith = per_example.mean()
+        if not torch.isfinite(faith):
+            raise FloatingPointError(
+                f"the faithfulness loss is {faith.item()} at step {step}; the model or data produce "
+                f"non-finite logits (check the inputs and the model's dtype)"
+            )
+        surrogate = faith
+        if cfg.score_function and not cfg.shared_gates and len(idx) > 1:
+            # Leave-one-out baseline: each sample's loss against the mean of the other samples
+            # of the same example (samples > 1), or of the other examples (samples == 1).
+            f = per_example.detach()
+            if cfg.samples > 1:
+                fk = f.view(cfg.samples, -1)
+                advantage = (fk - (fk.sum(0) - fk) / (cfg.samples - 1)).reshape(-1)
+            else:
+                advantage = f - (f.sum() - f) / (len(f) - 1)
+            logp = hard_concrete.log_prob_ends(self.log_alpha, z.detach()).sum(-1)  # [B]
+            surrogate = surrogate + (advantage * logp).mean()
+        sparsity = 1 - hard_concrete.prob_nonzero(self.log_alpha).mean()
+        scale = float(model.graph.n_edges) if cfg.sparsity_in_edges else 1.0
+        loss = surrogate + scale * self.lagrangian(sparsity, target)
+        if self.node_log_alpha is not None:
+            node_scale = float(model.graph.n_writers) if cfg.sparsity_in_edges else 1.0
+            node_sparsity = 1 - hard_concrete.prob_nonzero(self.node_log_alpha).mean()
+            loss = loss + node_scale * self.node_lagrangian(node_sparsity, cfg.node_target_sparsity * ramp)
+        step_lr = cfg.lr * self.lr_factor(step)
+        for group in self.opt.param_groups:
+            group["lr"] = step_lr
+        self.opt.zero_grad(set_to_none=True)
+        self.lam_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        if cfg.decay:
+            with torch.no_grad():
+                for p in self.params:
+                    p.sub_(step_lr * cfg.decay)
+        self.lam_opt.step()
+        self.step_index += 1
+        stats = {"step": step, "faithfulness": faith.item(), "sparsity": sparsity.item(), "target": target,
+                 "lambda1": self.lagrangian.l1.item(), "lambda2": self.lagrangian.l2.item()}
+        if step % 25 == 0 or self.done:
+            self.history.append(stats)
+        self.seconds += time.perf_counter() - start
+        return stats
+
+    def run(self, *, quiet: bool = True, checkpoint: str | Path | None = None, every: int = 100) -> "EdgePruner":
+        """Train to the last step; with ``checkpoint``, save there every ``every`` steps and at the end."""
+        bar = tqdm(total=self.cfg.steps, initial=self.step_index, desc="edge pruning", disable=quiet, leave=False)
+        while not self.done:
+            stats = self.step()
+            bar.update(1)
+            if self.step_index % 25 == 0 or self.done:
+                bar.set_postfix(loss=f"{stats['faithfulness']:.3g}", sparsity=f"{stats['sparsity']:.3f}")
+            if checkpoint is not None and (self.step_index % every == 0 or self.done):
+                self.save(checkpoint)
+        bar.close()
+        return self
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every tensor a resumed run needs to continue bit for bit."""
+        state = {"log_alpha": self.log_alpha.detach(), "generator": self.generator.get_state(),
+                 **{f"lagrangian.{k}": v.detach() for k, v in self.lagrangian.state_dict().items()},
+                 **{f"node_lagrangian.{k}": v.detach() for k, v in self.node_lagrangian.state_dict().items()}}
+        if self.node_log_alpha is not None:
+            state["node_log_alpha"] = self.node_log_alpha.detach()
+        for name, opt in (("opt", self.opt), ("lam_opt", self.lam_opt)):
+            for i, slots in opt.state_dict()["state"].items():
+                for k, v in slots.items():
+                    state[f"{name}.{i}.{k}"] = torch.as_tensor(v)
+        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+    def _metadata(self) -> dict[str, str]:
+        return {"format": "edge-pruning-checkpoint/1", "step": str(self.step_index), "seed": str(self.seed),
+                "ablation": self.ablation, "config": json.dumps(dataclasses.asdict(self.cfg), sort_keys=True),
+                "fingerprint": _fingerprint(self.model, self.examples), "history": json.dumps(self.history),
+                "seconds": repr(self.seconds)}
+
+    def save(self, path: str | Path) -> Path:
+        """Write a safetensors checkpoint atomically (a temporary file, then a rename)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(self.state_dict(), tmp, metadata=self._metadata())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def load(self, path: str | Path) -> "EdgePruner":
+        """Continue from a checkpoint of this same run (model, data, ablation, seed and config)."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"no checkpoint at {path}; start without --resume, or point to an existing file")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as err:
+            raise CheckpointError(f"{path} is not a readable safetensors checkpoint: {err}") from None
+        if meta.get("format") != "edge-pruning-checkpoint/1":
+            raise CheckpointError(f"{path} is not an Edge Pruning checkpoint (format {meta.get('format')!r})")
+        mine = self._metadata()
+        for key in ("seed", "ablation", "config", "fingerprint"):
+            if meta.get(key) != mine[key]:
+                raise CheckpointError(
+                    f"{path} was made with {key} = {meta.get(key)!r}, but this run has {mine[key]!r}; "
+                    f"resume with the same model, task, data, ablation, seed and configuration, or start afresh")
+        with torch.no_grad():
+            self.log_alpha.copy_(tensors["log_alpha"])
+            if self.node_log_alpha is not None:
+                self.node_log_alpha.copy_(tensors["node_log_alpha"])
+            self.lagrangian.load_state_dict({k: tensors[f"lagrangian.{k}"] for k in ("l1", "l2")})
+            self.node_lagrangian.load_state_dict({k: tensors[f"node_lagrangian.{k}"] for k in ("l1", "l2")})
+        for name, opt in (("opt", self.opt), ("lam_opt", self.lam_opt)):
+            slots: dict[int, dict] = {}
+            for key, value in tensors.items():
+                if key.startswith(name + "."):
+                    _, i, k = key.split(".", 2)
+                    slots.setdefault(int(i), {})[k] = value
+            opt.load_state_dict({"state": slots, "param_groups": opt.state_dict()["param_groups"]})
+        self.generator.set_state(tensors["generator"])
+        self.step_index = int(meta["step"])
+        self.history = json.loads(meta["history"])
+        self.seconds = float(meta["seconds"])
+        return self
+
+    # ------------------------------------------------------------------ the circuit
+    def threshold_mask(self) -> torch.Tensor:
+        """``[n_edges]`` bool: edges whose noiseless gate is above 1/2 (``log_alpha > 0``)."""
+        with torch.no_grad():
+            keep = self.log_alpha > 0
+            if self.node_log_alpha is not None:  # a closed writer closes its edges
+                g = self.model.graph
+                keep &= (self.node_log_alpha > 0)[g.edge_index_tensor[0].to(keep.device)]
+        return keep.cpu()
+
+    def _exact_binarisation(self, keep: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The smallest change to ``keep`` that reproduces the model on the training set.
+
+        First, if the thresholded circuit does not reproduce every decoded
+        output, grow it along the learned ranking (edges by decreasing
+        log-alpha) to the shortest prefix that does (a bisection; the full
+        graph always does). Then drop, lowest log-alpha first and repeatedly
+        until nothing changes, every kept edge whose removal keeps every output,
+        so each remaining edge is necessary given the others.
+        """
+        model, ex, abl = self.model, self.examples, self.ablated
+        evaluations = 0
+
+        def faithful(mask: torch.Tensor) -> bool:
+            nonlocal evaluations
+            evaluations += 1
+            return bool(circuit_agreement(model, ex, mask.float(), self.ablation, reference=self.reference,
+                                          ablated=abl).all())
+
+        scores = self.log_alpha.detach().cpu()
+        order = torch.argsort(scores, descending=True, stable=True)
+        keep = keep.clone()
+        added: list[int] = []
+        if not faithful(keep):
+            def prefix(k: int) -> torch.Tensor:
+                m = keep.clone()
+                m[order[:k]] = True
+                return m
+
+            lo, hi = 0, len(order)  # prefix(lo) fails (it adds nothing to keep), prefix(hi) is the full graph
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if faithful(prefix(mid)):
+                    hi = mid
+                else:
+                    lo = mid
+            grown = prefix(hi)
+            added = [i for i in reversed(order.tolist()) if grown[i] and not keep[i]]  # lowest log-alpha first
+            keep = grown
+
+        def drop(block: list[int]) -> None:
+            """Remove ``block`` if the circuit stays faithful without it, else try each half."""
+            keep[block] = False
+            if faithful(keep):
+                return
+            keep[block] = True
+            if len(block) > 1:
+                drop(block[: len(block) // 2])
+                drop(block[len(block) // 2:])
+
+        grown_size = int(keep.sum())
+        if added:  # most of a grown prefix is not needed: a block that can go costs one evaluation
+            drop(added)
+        changed = True
+        while changed:  # then one edge at a time, lowest log-alpha first, until a pass removes nothing
+            changed = False
+            for i in [i for i in reversed(order.tolist()) if keep[i]]:
+                keep[i] = False
+                if faithful(keep):
+                    changed = True
+                else:
+                    keep[i] = True
+        return keep, {"added": len(added), "removed": grown_size - int(keep.sum()), "evaluations": evaluations}
+
+    def circuit(self) -> Circuit:
+        """The binarised circuit (see ``EdgePruningConfig.finalize``), without dead ends."""
+        g = self.model.graph
+        start = time.perf_counter()
+        keep = self.threshold_mask()
+        threshold_circuit = Circuit.from_mask(g, keep.float(), ablation=self.ablation, model=self.model_name,
+                                              d_model=self.model.cfg.d_model).without_dead_ends()
+        metadata = {"seed": self.seed, "config": dataclasses.asdict(self.cfg), "steps_done": self.step_index,
+                    "history": self.history, "threshold_edges": list(threshold_circuit.edges)}
+        if self.cfg.finalize == "exact":
+            keep, metadata["finalize"] = self._exact_binarisation(g.edge_mask(threshold_circuit.edges).bool())
+        else:
+            keep = g.edge_mask(threshold_circuit.edges).bool()
+        metadata["seconds"] = round(self.seconds + time.perf_counter() - start, 3)
+        circuit = Circuit.from_mask(
+            g, keep.float(), ablation=self.ablation, model=self.model_name, d_model=self.model.cfg.d_model,
+            scores=tuple(self.log_alpha.detach().cpu().tolist()), method="edge_pruning", metadata=metadata,
+        )
+        return circuit.without_dead_ends()
+
+
 def edge_pruning(
     model: Transformer,
     examples: Examples,
@@ -166,112 +518,21 @@ def edge_pruning(
     config: EdgePruningConfig | None = None,
     model_name: str = "",
     quiet: bool = True,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_every: int = 100,
 ) -> Circuit:
-    """Find a circuit of ``model`` on ``examples`` under ``ablation``; the same seed gives the same circuit."""
-    cfg = config or EdgePruningConfig()
-    check_ablation(ablation)
-    if len(examples) == 0:
-        raise ValueError("empty dataset: Edge Pruning needs at least one example")
-    g = model.graph
-    device = model.W_E.device
-    dtype = model.W_E.dtype
-    model.requires_grad_(False)
-    start = time.perf_counter()
+    """Find a circuit of ``model`` on ``examples`` under ``ablation``; the same seed gives the same circuit.
 
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    reference = full_logits(model, examples)  # targets: fixed weights, fixed data
-    ablated = ablated_writers(model, examples, ablation)  # None, [W,1,S,D] or [W,N,S,D]
-
-    log_alpha = torch.nn.Parameter(torch.full((g.n_edges,), float(cfg.init_log_alpha), device=device))
-    params = [log_alpha]
-    node_log_alpha = None
-    if cfg.node_masks:
-        node_log_alpha = torch.nn.Parameter(torch.full((g.n_writers,), float(cfg.init_log_alpha), device=device))
-        params.append(node_log_alpha)
-    lagrangian = _Lagrangian().to(device)
-    node_lagrangian = _Lagrangian().to(device)
-    opt = torch.optim.Adam(params, lr=cfg.lr)
-    lam_opt = torch.optim.Adam([*lagrangian.parameters(), *node_lagrangian.parameters()], lr=cfg.lambda_lr,
-                               maximize=True)
-    warmup_steps = max(1, int(cfg.warmup * cfg.steps))
-
-    def lr_factor(step):  # constant through warm-up, then linear decay to 0
-        if step < warmup_steps:
-            return 1.0
-        return max(0.0, (cfg.steps - step) / max(1, cfg.steps - warmup_steps))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    scale = float(g.n_edges) if cfg.sparsity_in_edges else 1.0
-    node_scale = float(g.n_writers) if cfg.sparsity_in_edges else 1.0
-    N = len(examples)
-    bar = tqdm(range(cfg.steps), desc="edge pruning", disable=quiet, leave=False)
-    history = []
-    for step in bar:
-        if N > cfg.batch_size:
-            idx = torch.randperm(N, generator=gen)[: cfg.batch_size].to(device)
-        else:
-            idx = torch.arange(N, device=device)
-        if cfg.samples > 1:
-            idx = idx.repeat(cfg.samples)  # sample k of example i at position k * n + i
-        target = cfg.target_sparsity * min(1.0, step / warmup_steps)
-        shape = () if cfg.shared_gates else (len(idx),)
-        z = hard_concrete.sample(log_alpha.expand(*shape, -1), gen).to(dtype)
-        nodes = None
-        if node_log_alpha is not None:
-            nodes = hard_concrete.sample(node_log_alpha.expand(*shape, -1), gen).to(dtype)
-        part = None if ablated is None else (ablated if ablated.shape[1] == 1 else ablated[:, idx])
-        logits = model(examples.clean[idx], attention_mask=examples.valid[idx], edge_mask=z, node_mask=nodes,
-                       ablated=part)
-        per_example = faithfulness_loss(logits, reference[idx], examples, examples.answer[idx], cfg.logit_scale)
-        if cfg.loss_power != 1.0:
-            per_example = per_example.clamp_min(1e-12).pow(cfg.loss_power)
-        faith = per_example.mean()
-        surrogate = faith
-        if cfg.score_function and not cfg.shared_gates and len(idx) > 1:
-            # Leave-one-out baseline: each sample's loss against the mean of the other samples
-            # of the same example (samples > 1), or of the other examples (samples == 1).
-            f = per_example.detach()
-            if cfg.samples > 1:  # baseline: the other samples of the same example
-                fk = f.view(cfg.samples, -1)
-                advantage = (fk - (fk.sum(0) - fk) / (cfg.samples - 1)).reshape(-1)
-            else:
-                advantage = f - (f.sum() - f) / (len(f) - 1)
-            logp = hard_concrete.log_prob_ends(log_alpha, z.detach()).sum(-1)  # [B]
-            surrogate = surrogate + (advantage * logp).mean()
-        if not torch.isfinite(faith):
-            raise FloatingPointError(
-                f"the faithfulness loss is {faith.item()} at step {step}; the model or data produce "
-                f"non-finite logits (check the inputs and the model's dtype)"
-            )
-        sparsity = 1 - hard_concrete.prob_nonzero(log_alpha).mean()
-        loss = surrogate + scale * lagrangian(sparsity, target)
-        if node_log_alpha is not None:
-            node_sparsity = 1 - hard_concrete.prob_nonzero(node_log_alpha).mean()
-            loss = loss + node_scale * node_lagrangian(node_sparsity, cfg.node_target_sparsity * min(1.0, step / warmup_steps))
-        opt.zero_grad(set_to_none=True)
-        lam_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if cfg.decay:
-            with torch.no_grad():
-                step_lr = opt.param_groups[0]["lr"]
-                for p in params:
-                    p.sub_(step_lr * cfg.decay)
-        lam_opt.step()
-        sched.step()
-        if step % 25 == 0 or step == cfg.steps - 1:
-            history.append({"step": step, "faithfulness": faith.item(), "sparsity": sparsity.item(),
-                            "target": target, "lambda1": lagrangian.l1.item(), "lambda2": lagrangian.l2.item()})
-            bar.set_postfix(loss=f"{faith.item():.3g}", sparsity=f"{sparsity.item():.3f}")
-
-    with torch.no_grad():
-        keep = log_alpha > 0
-        if node_log_alpha is not None:  # a closed writer closes its edges
-            keep &= (node_log_alpha > 0)[g.edge_index_tensor[0].to(device)]
-    circuit = Circuit.from_mask(
-        g, keep.float().cpu(), ablation=ablation, model=model_name, d_model=model.cfg.d_model,
-        scores=tuple(log_alpha.detach().cpu().tolist()), method="edge_pruning",
-        metadata={"seed": seed, "config": dataclasses.asdict(cfg), "seconds": round(time.perf_counter() - start, 3),
-                  "history": history},
-    )
-    return circuit.without_dead_ends()
+    With ``checkpoint``, the run's state is saved there (safetensors, atomic)
+    every ``checkpoint_every`` steps and at the end; with ``resume`` it first
+    continues from that file, and a resumed run ends with the same circuit as
+    an uninterrupted one.
+    """
+    pruner = EdgePruner(model, examples, ablation=ablation, seed=seed, config=config, model_name=model_name)
+    if resume:
+        if checkpoint is None:
+            raise ValueError("resume=True needs the checkpoint path to resume from")
+        pruner.load(checkpoint)
+    pruner.run(quiet=quiet, checkpoint=checkpoint, every=checkpoint_every)
+    return pruner.circuit()
