@@ -41,6 +41,9 @@ class Recovery:
     seconds: float
     only_found: tuple[str, ...]
     only_ground_truth: tuple[str, ...]
+    # Edge Pruning only: did its thresholded circuit (log_alpha > 0, before the exact
+    # binarisation repairs it) already equal the ground truth? None for other pruners.
+    threshold_exact: bool | None = None
 
     @property
     def exact(self) -> bool:
@@ -51,7 +54,9 @@ class Recovery:
             "program": self.program, "ablation": self.ablation, "seed": self.seed,
             "gt edges": len(self.ground_truth), "found": len(self.found),
             "precision": f"{self.precision:.2f}", "recall": f"{self.recall:.2f}",
-            "exact": "yes" if self.exact else "NO", "seconds": f"{self.seconds:.1f}",
+            "exact": "yes" if self.exact else "NO",
+            "threshold exact": {True: "yes", False: "no", None: "-"}[self.threshold_exact],
+            "seconds": f"{self.seconds:.1f}",
         }
 
     def to_dict(self) -> dict:
@@ -88,8 +93,10 @@ def recover(name: str, model, examples, ground_truth, *, ablation: str, seed: in
         raise ValueError(f"the pruner returned a circuit for {circuit.graph}, not the model's {model.graph}")
     cmp = circuit.compare(ground_truth)
     reproduces = circuit_agreement(model, examples, circuit.mask(), ablation).float().mean().item()
+    threshold = (circuit.metadata or {}).get("threshold_edges")
     return Recovery(
         program=name, ablation=ablation, seed=seed, ground_truth=tuple(ground_truth), found=circuit.edges,
         precision=cmp.precision, recall=cmp.recall, reproduces=reproduces, seconds=seconds,
         only_found=cmp.only_found, only_ground_truth=cmp.only_reference,
+        threshold_exact=None if threshold is None else set(threshold) == set(ground_truth),
     )

@@ -19,7 +19,10 @@ Adam updates the log-alphas; in addition every log-alpha is pulled down by
 ``lr_t * decay`` per step, outside Adam (decoupled, as AdamW's weight decay).
 At the end every gate is binarised: an edge is kept when its noiseless gate is
 above 1/2 (``log_alpha > 0``), and edges into heads or MLPs whose output
-reaches nothing are dropped (they cannot affect the output).
+reaches nothing are dropped (they cannot affect the output). By default this
+thresholded circuit is then checked, and repaired where needed, against the
+training set (``finalize="exact"``, below); the thresholded circuit itself is
+kept in the circuit's metadata as ``threshold_edges``.
 
 Defaults, and why they differ from the reference implementation. They were
 tuned so that, under zero ablation, the binarised circuit equals the verified
@@ -72,6 +75,23 @@ mostly zero; the defaults make the score-function signal usable.
 - ``batch_size=64``, ``steps=300``, ``lr=0.1`` with a linear decay to 0 in the
   last ``1 - warmup`` of the steps, so gates settle before binarisation; a few
   seconds per program on one CPU thread.
+- ``finalize="exact"`` (reference: a fixed threshold for Tracr, or a threshold
+  bisected to hit the target sparsity for language models). A Tracr program's
+  functional ground truth is defined by exact reproduction of the decoded
+  outputs, and the exact binarisation holds the learned circuit to that same
+  criterion on the training set: if the thresholded circuit does not reproduce
+  every output, it grows along the learned ranking (decreasing log-alpha) to
+  the shortest prefix that does; then every kept edge whose removal keeps
+  every output is dropped, lowest log-alpha first, until none is left. The
+  learned ranking decides what the repair tries first, so a good ranking
+  costs one evaluation of the training set per kept edge and changes nothing.
+  Where training falls short (the query/key edges of ``shuffle_dyck2``'s
+  averaging heads end below the threshold) the repair finds them. How often
+  the thresholded circuit alone is exact is reported next to every recovery
+  (``threshold exact`` in ``groundtruth recover``; README). Use
+  ``finalize="threshold"`` for Edge Pruning's circuit alone, and for language
+  models, whose circuits at a target sparsity do not reproduce every output
+  (:func:`language_model_config`).
 """
 
 from __future__ import annotations

@@ -84,3 +84,109 @@ def test_compare_reports_precision_recall_and_differences():
     cmp = found.compare(["a0.h0->m0", "m0->logits"])
     assert (cmp.precision, cmp.recall) == (0.5, 0.5)
     assert cmp.only_found == ("input->m0",) and cmp.only_reference == ("m0->logits",) and not cmp.exact
+
+
+# ------------------------------------------------------------------ binarisation
+def _faithful(art, edges, ablation):
+    from prune.evaluate import circuit_agreement
+
+    return bool(circuit_agreement(art.model, art.examples, art.model.graph.edge_mask(edges), ablation).all())
+
+
+def test_threshold_finalize_is_edge_prunings_own_circuit():
+    art = artifact("sort")
+    circuit = edge_pruning(art.model, art.examples, ablation="zero", config=EdgePruningConfig(finalize="threshold"))
+    assert circuit.edges == tuple(circuit.metadata["threshold_edges"])
+    assert "finalize" not in circuit.metadata
+
+
+def test_exact_binarisation_gives_a_faithful_circuit_whose_every_edge_is_necessary():
+    # 40 steps leave the gates far from settled, so the thresholded circuit is wrong
+    # and the repair has real work to do (both growing and dropping are exercised:
+    # the assertions on the metadata fail if it has none).
+    art = artifact("sort")
+    short = EdgePruningConfig(steps=40)
+    circuit = edge_pruning(art.model, art.examples, ablation="zero", seed=0, config=short)
+    threshold = circuit.metadata["threshold_edges"]
+    assert set(threshold) != set(circuit.edges)
+    assert circuit.metadata["finalize"]["removed"] > 0
+    assert _faithful(art, circuit.edges, "zero")
+    for edge in circuit.edges:
+        rest = [e for e in circuit.edges if e != edge]
+        assert not _faithful(art, rest, "zero"), f"{edge} is not necessary"
+
+
+def test_exact_binarisation_grows_a_circuit_that_misses_edges():
+    # A pruner whose gates all end closed but one: the threshold circuit cannot be
+    # faithful, so the repair must grow along the ranking before it drops.
+    from prune.edge_pruning import EdgePruner
+
+    art = artifact("frac_prevs")
+    pruner = EdgePruner(art.model, art.examples, ablation="zero", config=EdgePruningConfig(steps=1))
+    with torch.no_grad():
+        pruner.log_alpha.fill_(-1.0)
+    circuit = pruner.circuit()
+    assert circuit.metadata["threshold_edges"] == []
+    assert circuit.metadata["finalize"]["added"] > 0
+    assert set(circuit.edges) == set(art.functional("zero"))
+
+
+# ------------------------------------------------------------------ checkpoints
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    from prune.edge_pruning import EdgePruner
+
+    art = artifact("frac_prevs")
+    cfg = EdgePruningConfig(steps=40)
+    whole = EdgePruner(art.model, art.examples, ablation="resample", seed=5, config=cfg).run()
+    first = EdgePruner(art.model, art.examples, ablation="resample", seed=5, config=cfg)
+    for _ in range(17):
+        first.step()
+    path = first.save(tmp_path / "run.safetensors")
+    resumed = EdgePruner(art.model, art.examples, ablation="resample", seed=5, config=cfg).load(path)
+    assert resumed.step_index == 17
+    resumed.run()
+    assert torch.equal(resumed.log_alpha, whole.log_alpha)  # bit for bit: RNG, Adam and multipliers restored
+    assert resumed.circuit().edges == whole.circuit().edges
+    assert [p.name for p in tmp_path.iterdir()] == ["run.safetensors"]
+
+
+def test_checkpoint_of_another_run_or_missing_or_broken_is_refused(tmp_path):
+    from prune.edge_pruning import CheckpointError, EdgePruner
+
+    art = artifact("frac_prevs")
+    cfg = EdgePruningConfig(steps=5)
+    path = EdgePruner(art.model, art.examples, ablation="zero", seed=1, config=cfg).save(tmp_path / "c.safetensors")
+    with pytest.raises(CheckpointError, match="made with seed = '1', but this run has '2'"):
+        EdgePruner(art.model, art.examples, ablation="zero", seed=2, config=cfg).load(path)
+    with pytest.raises(CheckpointError, match="made with ablation"):
+        EdgePruner(art.model, art.examples, ablation="resample", seed=1, config=cfg).load(path)
+    with pytest.raises(CheckpointError, match="fingerprint"):  # other data
+        EdgePruner(art.model, art.examples.subset(slice(0, 10)), ablation="zero", seed=1, config=cfg).load(path)
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        EdgePruner(art.model, art.examples, ablation="zero", seed=1, config=cfg).load(tmp_path / "none.safetensors")
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable safetensors checkpoint"):
+        EdgePruner(art.model, art.examples, ablation="zero", seed=1, config=cfg).load(path)
+
+
+def test_a_save_that_fails_leaves_the_last_checkpoint_and_no_partial_file(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    from prune.edge_pruning import EdgePruner
+
+    art = artifact("frac_prevs")
+    pruner = EdgePruner(art.model, art.examples, ablation="zero", config=EdgePruningConfig(steps=5))
+    path = pruner.save(tmp_path / "c.safetensors")
+    before = path.read_bytes()
+    pruner.step()
+
+    def dies_midway(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise KeyboardInterrupt  # as when the run is stopped during the write
+
+    monkeypatch.setattr(safetensors.torch, "save_file", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        pruner.save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
+    assert path.read_bytes() == before
