@@ -1,11 +1,21 @@
-"""Benchmarks: recovery time over the library, and one Edge Pruning step on GPT-2-small shapes.
+"""Benchmarks: recovery time over the library, and one Edge Pruning step on GPT-2-small and Llama shapes.
 
-    .venv/bin/python bench/run.py library          # wall time of recovery per program
-    .venv/bin/python bench/run.py step             # GPT-2-small-shaped training step vs plain fwd+bwd
+    .venv/bin/python bench/run.py library                 # wall time of recovery per program
+    .venv/bin/python bench/run.py step                    # training step vs plain fwd+bwd, both model shapes
+    .venv/bin/python bench/run.py step --model llama --shapes 8x32 --steps 3
     .venv/bin/python bench/run.py all
 
-Every measurement that reports peak memory runs in its own process (peak RSS
-is per process). Figures go to stdout, and to --json if given.
+The step is the real trainer's: ``EdgePruner(...).step()`` with
+``language_model_config`` (one gate sample shared by the batch, pathwise
+gradients) and resample ablation, on a random-weight model of GPT-2 small's
+shape (``gpt2``) or a Llama-style one of comparable size (``llama``: RMSNorm,
+SwiGLU, rotary, grouped-query attention). Every measurement runs in its own
+process (peak RSS is per process): the Edge Pruning process times the step,
+records its peak memory, then times a plain forward + backward (into the
+weights, cross-entropy at every position) of the same model in the same
+process; the ratio is between those two. A separate process measures the plain
+forward + backward's own peak memory. Figures go to stdout, and to --json if
+given.
 """
 
 from __future__ import annotations
@@ -22,10 +32,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-GPT2_SMALL = dict(vocab_size=50257, d_model=768, n_layers=12, n_heads=12, d_head=64, d_mlp=3072,
-                  n_positions=1024, norm="layernorm", activation="gelu_tanh", causal=True)
-
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
@@ -62,108 +68,156 @@ def bench_library(seeds: list[int], ablation: str) -> dict:
 
 
 # --------------------------------------------------------------------- step
-def _one_measurement(kind: str, batch: int, length: int, steps: int) -> dict:
-    """Runs in a child process: median step time and peak RSS for one configuration."""
+GPT2_SMALL = {"vocab_size": 50257, "d_model": 768, "n_layers": 12, "n_heads": 12, "d_head": 64, "d_mlp": 3072,
+              "n_positions": 1024, "norm": "layernorm", "activation": "gelu_tanh", "causal": True}
+# Llama-style at GPT-2 small's size: grouped-query attention (12 query, 4 key-value heads), SwiGLU
+# (3 matrices of 768 x 2048, about GPT-2's 2 x 768 x 3072), RMSNorm, rotary, no biases, Llama's vocabulary.
+LLAMA_SMALL = {"vocab_size": 32000, "d_model": 768, "n_layers": 12, "n_heads": 12, "n_kv_heads": 4, "d_head": 64,
+               "d_mlp": 2048, "n_positions": 2048, "norm": "rmsnorm", "norm_eps": 1e-5, "activation": "silu",
+               "gated_mlp": True, "positional": "rotary", "rope_theta": 10000.0, "causal": True, "attn_bias": False,
+               "attn_out_bias": False, "mlp_bias": False, "unembed_bias": False}
+SHAPES = {"gpt2": GPT2_SMALL, "llama": LLAMA_SMALL}
+
+
+def _peak_gib(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return peak_rss_gib()
+
+
+def _time(fn, steps: int, device) -> list[float]:
+    import torch
+
+    times = []
+    for _ in range(steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t)
+    return times[1:] if len(times) > 1 else times  # the first step pays one-off allocations
+
+
+def _one_measurement(kind: str, shape: str, batch: int, length: int, steps: int, threads: int, device: str) -> dict:
+    """Runs in a child process: median step time and peak memory for one configuration."""
     import torch
     import torch.nn.functional as F
 
-    from prune import hard_concrete
-    from prune.edge_pruning import faithfulness_loss
     from prune.data import Examples
+    from prune.edge_pruning import EdgePruner, language_model_config
     from prune.model import Transformer, TransformerConfig
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = Transformer(TransformerConfig(**GPT2_SMALL))
+    dev = torch.device(device)
+    cfg = TransformerConfig(**SHAPES[shape])
+    model = Transformer(cfg).to(dev)
     with torch.no_grad():
-        for p in model.parameters():
+        for name, p in model.named_parameters():
             p.normal_(0, 0.02)
-    clean = torch.randint(0, 50257, (batch, length))
-    corrupt = torch.randint(0, 50257, (batch, length))
-    valid = torch.ones(batch, length, dtype=torch.bool)
-    times = []
-    if kind == "plain":  # forward + backward into the weights, as fine-tuning would
+            if name.endswith(".weight") and (".ln" in name or name.startswith("ln_f.")):
+                p.fill_(1.0)  # norm gains
+    V = cfg.vocab_size
+    clean = torch.randint(0, V, (batch, length), device=dev)
+    target = torch.randint(0, V, (batch, length), device=dev)
+
+    def plain_step():  # forward + backward into the weights, as fine-tuning would
+        loss = F.cross_entropy(model(clean).flatten(0, 1).float(), target.flatten())
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+
+    out = {"kind": kind, "model": shape, "batch": batch, "length": length, "device": device}
+    if kind == "plain":
         model.requires_grad_(True)
-        target = torch.randint(0, 50257, (batch, length))
-        for _ in range(steps):
-            t = time.perf_counter()
-            loss = F.cross_entropy(model(clean).flatten(0, 1), target.flatten())
-            model.zero_grad(set_to_none=True)
-            loss.backward()
-            times.append(time.perf_counter() - t)
-    else:  # one Edge Pruning step: masked forward (resample) + KL + Lagrangian + backward + Adam
-        model.requires_grad_(False)
-        g = model.graph
-        examples = Examples(clean=clean, corrupted=corrupt, valid=valid, answer=valid.clone())
-        with torch.no_grad():
-            full = model(clean)
-            ablated = model.writers(corrupt)  # resample: writers on the corrupted prompts
-        log_alpha = torch.nn.Parameter(torch.full((g.n_edges,), 3.0))
-        lam = torch.nn.Parameter(torch.zeros(2))
-        opt = torch.optim.Adam([log_alpha], lr=0.1)
-        lam_opt = torch.optim.Adam([lam], lr=0.01, maximize=True)
-        for _ in range(steps):
-            t = time.perf_counter()
-            z = hard_concrete.sample(log_alpha)
-            logits = model(clean, edge_mask=z, ablated=ablated)
-            faith = faithfulness_loss(logits, full, examples, examples.answer).mean()
-            s = 1 - hard_concrete.prob_nonzero(log_alpha).mean()
-            loss = faith + lam[0] * (s - 1) + lam[1] * (s - 1) ** 2
-            opt.zero_grad(set_to_none=True)
-            lam_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            lam_opt.step()
-            times.append(time.perf_counter() - t)
-    warm = times[1:] if len(times) > 1 else times  # the first step pays one-off allocations
-    return {"kind": kind, "batch": batch, "length": length, "median_s": statistics.median(warm),
-            "min_s": min(warm), "max_s": max(warm), "peak_rss_gib": round(peak_rss_gib(), 2)}
+        times = _time(plain_step, steps, dev)
+        return {**out, "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+                "peak_gib": round(_peak_gib(dev), 2)}
+    # The trainer's step: masked forward (resample ablation: every writer on the corrupted prompt,
+    # computed once at construction), KL at the answer position, Lagrangian, backward, Adam.
+    valid = torch.ones(batch, length, dtype=torch.bool, device=dev)
+    answer = torch.zeros_like(valid)
+    answer[:, -1] = True  # one answer position per example, as the tasks have
+    examples = Examples(clean=clean, corrupted=torch.randint(0, V, (batch, length), device=dev), valid=valid,
+                        answer=answer)
+    pruner = EdgePruner(model, examples, ablation="resample", seed=0,
+                        config=language_model_config(0.9, steps=10**6, batch_size=batch))
+    times = _time(pruner.step, steps, dev)
+    peak = _peak_gib(dev)
+    del pruner
+    model.requires_grad_(True)
+    plain = _time(plain_step, steps, dev)  # the same model, in this same process
+    median, plain_median = statistics.median(times), statistics.median(plain)
+    return {**out, "edges": model.graph.n_edges, "median_s": median, "min_s": min(times), "max_s": max(times),
+            "peak_gib": round(peak, 2), "plain_same_process_s": plain_median, "ratio": median / plain_median}
 
 
-def measure(kind: str, batch: int, length: int, steps: int) -> dict:
+def measure(kind: str, shape: str, batch: int, length: int, steps: int, threads: int, device: str) -> dict:
     out = subprocess.run(
-        [sys.executable, __file__, "_measure", kind, str(batch), str(length), str(steps)],
-        capture_output=True, text=True, cwd=ROOT,
+        [sys.executable, __file__, "_measure", kind, shape, str(batch), str(length), str(steps), str(threads), device],
+        check=False, capture_output=True, text=True, cwd=ROOT,
     )
     if out.returncode != 0:
-        return {"kind": kind, "batch": batch, "length": length, "error": out.stderr.strip().splitlines()[-1:]}
+        return {"kind": kind, "model": shape, "batch": batch, "length": length,
+                "error": out.stderr.strip().splitlines()[-1:]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_step(steps: int) -> dict:
+def bench_step(steps: int, models: list[str], shapes: list[tuple[int, int]], threads: int, device: str) -> dict:
     results = {}
-    for batch, length in ((8, 32), (32, 64)):
-        plain = measure("plain", batch, length, steps)
-        ep = measure("edge_pruning", batch, length, steps)
-        ratio = ep["median_s"] / plain["median_s"] if "median_s" in ep and "median_s" in plain else None
-        results[f"{batch}x{length}"] = {"plain": plain, "edge_pruning": ep, "ratio": ratio}
-        print(f"batch {batch}, length {length}: plain fwd+bwd {plain.get('median_s', float('nan')):.3f} s "
-              f"(peak {plain.get('peak_rss_gib', float('nan'))} GiB); Edge Pruning step "
-              f"{ep.get('median_s', float('nan')):.3f} s (peak {ep.get('peak_rss_gib', float('nan'))} GiB); "
-              f"ratio {ratio if ratio is None else round(ratio, 2)}", flush=True)
-        for r in (plain, ep):
-            if "error" in r:
-                print(f"  {r['kind']} failed: {r['error']}")
+    nan = float("nan")
+    for shape in models:
+        for batch, length in shapes:
+            plain = measure("plain", shape, batch, length, steps, threads, device)
+            ep = measure("edge_pruning", shape, batch, length, steps, threads, device)
+            results[f"{shape} {batch}x{length}"] = {"plain": plain, "edge_pruning": ep, "ratio": ep.get("ratio")}
+            ratio = ep.get("ratio")
+            print(f"{shape}, batch {batch}, length {length}: Edge Pruning step {ep.get('median_s', nan):.3f} s "
+                  f"(peak {ep.get('peak_gib', nan)} GiB); plain fwd+bwd {ep.get('plain_same_process_s', nan):.3f} s "
+                  f"in the same process, {plain.get('median_s', nan):.3f} s alone (peak {plain.get('peak_gib', nan)} "
+                  f"GiB); ratio {ratio if ratio is None else round(ratio, 2)}", flush=True)
+            for r in (plain, ep):
+                if "error" in r:
+                    print(f"  {r['kind']} failed: {r['error']}")
     return results
+
+
+def _shape(text: str) -> tuple[int, int]:
+    batch, _, length = text.partition("x")
+    return int(batch), int(length)
 
 
 def main(argv=None):
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "_measure":
-        kind, batch, length, steps = sys.argv[2], *map(int, sys.argv[3:6])
-        print(json.dumps(_one_measurement(kind, batch, length, steps)))
+        kind, shape = sys.argv[2], sys.argv[3]
+        batch, length, steps, threads = map(int, sys.argv[4:8])
+        print(json.dumps(_one_measurement(kind, shape, batch, length, steps, threads, sys.argv[8])))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", choices=["library", "step", "all"], nargs="?", default="all")
     parser.add_argument("--seeds", default="0,1,2", help="seeds for the library part")
-    parser.add_argument("--ablation", default="zero")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per step measurement")
+    parser.add_argument("--ablation", default="zero", help="ablation for the library part")
+    parser.add_argument("--model", default="gpt2,llama", help="step: model shapes, comma-separated (gpt2, llama)")
+    parser.add_argument("--shapes", default="8x32,32x64", help="step: batch x length, comma-separated")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per step measurement (the first is a warm-up)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="step: cpu or cuda (peak memory: RSS on cpu, allocated on cuda)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    report = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+    models = args.model.split(",")
+    unknown = [m for m in models if m not in SHAPES]
+    if unknown:
+        parser.error(f"unknown --model {unknown}; choose from {list(SHAPES)}")
+    report = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "threads": args.threads,
+                          "device": args.device}}
     if args.part in ("library", "all"):
         report["library"] = bench_library([int(s) for s in args.seeds.split(",")], args.ablation)
     if args.part in ("step", "all"):
-        report["step"] = bench_step(args.steps)
+        report["step"] = bench_step(args.steps, models, [_shape(s) for s in args.shapes.split(",")], args.threads,
+                                    args.device)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0
