@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Per architecture: steps of the interrupted run and how often it checkpoints.
 # Enough steps after the first checkpoint that the kill lands before the end.
-KILL_RUN = {"gpt2": dict(steps=10, every=2), "llama": dict(steps=60, every=2)}
+KILL_RUN = {"gpt2": {"steps": 10, "every": 2}, "llama": {"steps": 60, "every": 2}}
 
 
 def _scaled(model):
