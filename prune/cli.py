@@ -213,8 +213,6 @@ def _run(args, targets, configs, run_dirs, record) -> int:
     states = [_state(d) if d.is_dir() else "empty" for d in run_dirs]  # again, under the lock
     for f in remove_stale_temp_files(args.out):
         print(f"removed {f}, a temporary file left by an interrupted run", file=sys.stderr)
-    old_record = json.loads((args.out / RUN).read_text()) if (args.out / RUN).is_file() else {}
-    _write_json(args.out / RUN, {**old_record, **record, "targets": sorted(set(old_record.get("targets", [])) | set(targets))})
     torch.set_num_threads(args.threads)
 
     summary: list[dict | None] = [None] * len(targets)
@@ -240,6 +238,8 @@ def _run(args, targets, configs, run_dirs, record) -> int:
         task = make_task(args.task, _tokenizer_for(args.model, model_type), args.n, args.seed)
     except ValueError as err:
         raise UsageError(f"cannot make task {args.task!r} for {args.model!r}: {err}") from None
+    old_record = json.loads((args.out / RUN).read_text()) if (args.out / RUN).is_file() else {}
+    _write_json(args.out / RUN, {**old_record, **record, "targets": sorted({*old_record.get("targets", []), *targets})})
 
     for i, (cfg, run_dir, state) in enumerate(zip(configs, run_dirs, states)):
         if summary[i] is not None:
