@@ -19,7 +19,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# The slow tests: recovery over ten seeds, recovery of random programs.
+# The slow tests: recovery of every library program over ten seeds, both ablations.
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 

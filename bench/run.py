@@ -38,33 +38,44 @@ def peak_rss_gib() -> float:
 
 
 # ------------------------------------------------------------------ library
-def bench_library(seeds: list[int], ablation: str) -> dict:
+def bench_library(seeds: list[int], ablation: str, threads: int = 2) -> dict:
+    """Recovery of every program with a non-empty ground truth, per seed: time, exact, threshold exact."""
     import torch
 
     from groundtruth.artifacts import load_all
     from groundtruth.recovery import recover
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     arts = load_all()
-    rows, total = [], 0.0
+    rows, total, misses = [], 0.0, []
+    print(f"| program | edges | exact (of {len(seeds)}) | threshold exact | median s | max s |")
+    print("|---|---|---|---|---|---|")
     for name, art in arts.items():
         gt = art.functional(ablation)
         if not gt:
             continue
-        times, exact = [], 0
+        times, exact, threshold = [], 0, 0
         for seed in seeds:
             r = recover(name, art.model, art.examples, gt, ablation=ablation, seed=seed)
             times.append(r.seconds)
             exact += r.exact
+            threshold += bool(r.threshold_exact)
+            if not r.exact:
+                misses.append({"program": name, "seed": seed, "extra": r.only_found, "missed": r.only_ground_truth})
         total += sum(times)
-        rows.append({"program": name, "median_s": round(statistics.median(times), 2), "max_s": round(max(times), 2),
-                     "exact": f"{exact}/{len(seeds)}"})
-        print(f"{name:24s} median {statistics.median(times):6.2f} s  max {max(times):6.2f} s  exact {exact}/{len(seeds)}",
-              flush=True)
+        rows.append({"program": name, "edges": art.model.graph.n_edges, "median_s": round(statistics.median(times), 2),
+                     "max_s": round(max(times), 2), "exact": exact, "threshold_exact": threshold})
+        print(f"| {name} | {art.model.graph.n_edges} | {exact}/{len(seeds)} | {threshold}/{len(seeds)} | "
+              f"{statistics.median(times):.1f} | {max(times):.1f} |", flush=True)
     per_seed = total / len(seeds)
-    print(f"whole library, {ablation} ablation: {per_seed:.1f} s per seed (seeds {seeds}); "
-          f"slowest median {max(r['median_s'] for r in rows):.2f} s")
-    return {"ablation": ablation, "seeds": seeds, "library_seconds_per_seed": round(per_seed, 1), "programs": rows}
+    n_runs = len(rows) * len(seeds)
+    print(f"\nwhole library, {ablation} ablation, {threads} threads: {per_seed:.1f} s per seed (seeds {seeds}); "
+          f"slowest median {max(r['median_s'] for r in rows):.2f} s; exact {sum(r['exact'] for r in rows)}/{n_runs}; "
+          f"threshold circuit exact {sum(r['threshold_exact'] for r in rows)}/{n_runs}")
+    for m in misses:
+        print(f"not exact: {m}")
+    return {"ablation": ablation, "seeds": seeds, "threads": threads, "library_seconds_per_seed": round(per_seed, 1),
+            "programs": rows, "misses": misses}
 
 
 # --------------------------------------------------------------------- step
@@ -185,6 +196,14 @@ def bench_step(steps: int, models: list[str], shapes: list[tuple[int, int]], thr
     return results
 
 
+def _seeds(text: str) -> list[int]:
+    """``0,1,2`` or ``0-9``."""
+    if "-" in text:
+        first, _, last = text.partition("-")
+        return list(range(int(first), int(last) + 1))
+    return [int(s) for s in text.split(",")]
+
+
 def _shape(text: str) -> tuple[int, int]:
     batch, _, length = text.partition("x")
     return int(batch), int(length)
@@ -198,7 +217,7 @@ def main(argv=None):
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", choices=["library", "step", "all"], nargs="?", default="all")
-    parser.add_argument("--seeds", default="0,1,2", help="seeds for the library part")
+    parser.add_argument("--seeds", default="0,1,2", help="seeds for the library part: 0,1,2 or 0-9")
     parser.add_argument("--ablation", default="zero", help="ablation for the library part")
     parser.add_argument("--model", default="gpt2,llama", help="step: model shapes, comma-separated (gpt2, llama)")
     parser.add_argument("--shapes", default="8x32,32x64", help="step: batch x length, comma-separated")
@@ -214,7 +233,7 @@ def main(argv=None):
     report = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "threads": args.threads,
                           "device": args.device}}
     if args.part in ("library", "all"):
-        report["library"] = bench_library([int(s) for s in args.seeds.split(",")], args.ablation)
+        report["library"] = bench_library(_seeds(args.seeds), args.ablation, args.threads)
     if args.part in ("step", "all"):
         report["step"] = bench_step(args.steps, models, [_shape(s) for s in args.shapes.split(",")], args.threads,
                                     args.device)

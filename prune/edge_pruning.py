@@ -205,10 +205,13 @@ def faithfulness_loss(circuit_logits: torch.Tensor, full_logits: torch.Tensor, e
     if examples.kind == "numerical":
         err = (circuit_logits[..., 0] - full_logits[..., 0]).pow(2)
         return (err * answer).sum(-1) / n
-    logp = F.log_softmax(logit_scale * circuit_logits.float(), -1)
-    logq = F.log_softmax(logit_scale * full_logits.float(), -1)
-    kl = (logq.exp() * (logq - logp)).sum(-1)
-    return (kl * answer).sum(-1) / n
+    # Only the answer positions: a language model's softmax over ~50k classes at every
+    # position would otherwise dominate the step.
+    rows, cols = answer.nonzero(as_tuple=True)
+    logp = F.log_softmax(logit_scale * circuit_logits[rows, cols].float(), -1)  # [K, out]
+    logq = F.log_softmax(logit_scale * full_logits[rows, cols].float(), -1)
+    kl = (logq.exp() * (logq - logp)).sum(-1)  # [K]
+    return torch.zeros(answer.shape[0], dtype=kl.dtype, device=kl.device).index_add_(0, rows, kl) / n
 
 
 class _Lagrangian(torch.nn.Module):
@@ -467,14 +470,30 @@ class EdgePruner:
         until nothing changes, every kept edge whose removal keeps every output,
         so each remaining edge is necessary given the others.
         """
-        model, ex, abl = self.model, self.examples, self.ablated
+        model, ex, abl, ref = self.model, self.examples, self.ablated, self.reference
         evaluations = 0
+        # Examples that broke a recent candidate are tried first, alone: most candidates that
+        # fail, fail on them, and then the rest of the set need not run. The answer is the same.
+        witnesses = torch.zeros(0, dtype=torch.long)
+
+        def agree(index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            part = None if abl is None else (abl if abl.shape[1] == 1 else abl[:, index])
+            return circuit_agreement(model, ex.subset(index), mask.float(), self.ablation, reference=ref[index],
+                                     ablated=part)
 
         def faithful(mask: torch.Tensor) -> bool:
-            nonlocal evaluations
+            nonlocal evaluations, witnesses
             evaluations += 1
-            return bool(circuit_agreement(model, ex, mask.float(), self.ablation, reference=self.reference,
-                                          ablated=abl).all())
+            if len(witnesses) and not bool(agree(witnesses, mask).all()):
+                return False
+            rest = torch.ones(len(ex), dtype=torch.bool)
+            rest[witnesses] = False
+            rest = rest.nonzero().flatten()
+            ok = agree(rest, mask)
+            if bool(ok.all()):
+                return True
+            witnesses = torch.cat([rest[~ok][:16], witnesses])[:64]
+            return False
 
         scores = self.log_alpha.detach().cpu()
         order = torch.argsort(scores, descending=True, stable=True)
