@@ -12,6 +12,10 @@ whose ground truth for the ablation is empty are skipped. One row per
 
 - ``exact``: the circuit's edges equal the functional ground truth and the
   circuit reproduces the decoded outputs on every example (as ``recover``);
+- ``threshold exact``: Edge Pruning only (``-`` for the others): whether its
+  thresholded circuit (``log_alpha > 0``), before the exact binarisation
+  (``EdgePruningConfig.finalize = "exact"``) adds or drops edges on the
+  training set, already equals the ground truth; ``exact`` is after it;
 - ``precision``, ``recall``: of the method's own circuit against the ground truth;
 - ``auroc``: edge AUROC of the method's scores against ground-truth membership
   (:func:`prune.baselines.edge_auroc` of :func:`prune.baselines.ranking`:
@@ -197,7 +201,8 @@ def compare(methods, ablation: str, *, programs=None, seed: int = 0, out_dir=DEF
             auroc = edge_auroc(ranking(circuit), gt_mask, absolute=False)
         rows.append({
             "program": name, "method": method, "gt edges": len(gt), "found": len(circuit.edges),
-            "exact": result.exact, "precision": result.precision, "recall": result.recall, "auroc": auroc,
+            "exact": result.exact, "threshold exact": result.threshold_exact,
+            "precision": result.precision, "recall": result.recall, "auroc": auroc,
             "faithfulness": faithfulness(art.model, art.examples, circuit.mask(), ablation),
             "seconds": round(result.seconds, 3),
             "details": {"only_found": list(result.only_found), "only_ground_truth": list(result.only_ground_truth),

@@ -260,6 +260,10 @@ def test_compare_writes_the_table_and_plot(tmp_path):
             gt = art.model.graph.edge_mask(art.functional("zero"))
             assert r["auroc"] == edge_auroc(ranking(c), gt, absolute=False)
             assert r["found"] == len(c) and r["exact"] is True
+            assert r["threshold exact"] is None  # only Edge Pruning has a thresholded circuit
+        else:  # its own thresholded circuit, before the exact binarisation, judged separately
+            thresholded = set(r["details"]["metadata"]["threshold_edges"])
+            assert r["threshold exact"] == (thresholded == set(artifact(r["program"]).functional("zero")))
 
 
 def test_compare_cli(tmp_path, capsys):
