@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-deep build bench clean
+.PHONY: demo test test-slow test-deep build bench bench-methods clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,6 +32,11 @@ build: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+# Time per method (Edge Pruning, ACDC, EAP, EAP-IG): the library (from groundtruth.compare's JSON)
+# and one IOI batch on a GPT-2-small-shaped model; ACDC and Edge Pruning extrapolated from unit costs.
+bench-methods: $(STAMP)
+	$(PY) bench/methods.py all --json out/bench_methods.json
 
 clean:
 	rm -rf $(VENV)
