@@ -3,7 +3,7 @@
 ::
 
     python -m groundtruth.compare --methods edge_pruning,acdc,eap,eap_ig --ablation zero \\
-        [--programs a,b] [--out DIR] [--plot PROGRAM] [--seed 0] [--threads 2]
+        [--programs a,b] [--out DIR] [--plot PROGRAM] [--seed 0] [--threads 1]
 
 Every method of :data:`prune.baselines.METHODS` named in ``--methods`` runs with
 its defaults on every library artifact (or those in ``--programs``); programs
@@ -29,7 +29,8 @@ The table is printed (markdown) and written to ``DIR/compare.md`` and
 PROGRAM`` also writes ``DIR/compare_<PROGRAM>.png``: faithfulness against edge
 count per method; score-based methods give their top-k circuits by
 :func:`prune.baselines.ranking` over a range of k, ACDC the circuits of :func:`prune.baselines.acdc_sweep`.
-Exit code 0 on success, 2 on bad arguments.
+``--threads`` (default 1) sets torch's intra-op threads. Exit code 0 on
+success, 2 on bad arguments.
 """
 
 from __future__ import annotations
@@ -235,7 +236,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for compare.md/.json/.png")
     parser.add_argument("--plot", default=None, metavar="PROGRAM", help="also plot faithfulness vs edges for it")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    # One thread: the library's models are tiny, so a second thread gains little, and on a busy
+    # machine two threads spin-wait on every small op (ACDC on `sort`: 0.18 s with one thread,
+    # 8-22 s with two, measured with another job running).
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -269,8 +269,13 @@ def test_compare_writes_the_table_and_plot(tmp_path):
 def test_compare_cli(tmp_path, capsys):
     from groundtruth.compare import main
 
-    assert main(["--methods", "eap", "--ablation", "resample", "--programs", "length,hist", "--out",
-                 str(tmp_path), "--quiet"]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert main(["--methods", "eap", "--ablation", "resample", "--programs", "length,hist", "--out",
+                     str(tmp_path), "--quiet"]) == 0
+        assert torch.get_num_threads() == 1  # the default: tiny models, and no spin-waiting on a busy machine
+    finally:
+        torch.set_num_threads(threads)
     report = json.loads((tmp_path / "compare.json").read_text())
     assert report["skipped"] == ["length"]  # its resample ground truth is empty
     assert [r["program"] for r in report["rows"]] == ["hist"]
