@@ -117,11 +117,11 @@ def metric(model: Transformer, examples: Examples, edge_mask: torch.Tensor, abla
     return _metric_sum(logits, examples, _labels(examples, reference), examples.answer).item() / len(examples)
 
 
-def _mask_gradient(model, examples, z_value: float, ablated, labels) -> torch.Tensor:
+def _mask_gradient(model, examples, z_value: float, ablated, labels, batch_size: int = _BATCH) -> torch.Tensor:
     """``d mean-metric / dz`` at ``z = z_value`` on every edge, ``[n_edges]`` (float64)."""
     g = model.graph
     total = torch.zeros(g.n_edges, dtype=torch.float64)
-    for b in _batches(len(examples), _BATCH):
+    for b in _batches(len(examples), batch_size):
         z = torch.full((g.n_edges,), float(z_value), dtype=model.W_E.dtype, requires_grad=True)
         logits = model(examples.clean[b], attention_mask=examples.valid[b], edge_mask=z, ablated=_part(ablated, b))
         m = _metric_sum(logits, examples, None if labels is None else labels[b], examples.answer[b])
@@ -251,15 +251,25 @@ def _check_common(model, examples, ablation, name):
     model.requires_grad_(False)
 
 
+def _check_batch_size(batch_size):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
 # --------------------------------------------------------------------- methods
 def eap(model: Transformer, examples: Examples, *, ablation: str, seed: int = 0, top_k: int | None = None,
-        threshold: float | None = None, model_name: str = "") -> Circuit:
-    """Edge Attribution Patching: score = dMetric/dz_e at z = 1 (module doc)."""
+        threshold: float | None = None, batch_size: int = _BATCH, model_name: str = "") -> Circuit:
+    """Edge Attribution Patching: score = dMetric/dz_e at z = 1 (module doc).
+
+    ``batch_size``: examples per forward and backward pass (peak memory grows with it;
+    the scores do not depend on it, up to float rounding).
+    """
     _check_common(model, examples, ablation, "EAP")
+    _check_batch_size(batch_size)
     start = time.perf_counter()
     reference = full_logits(model, examples)
     ablated = ablated_writers(model, examples, ablation)
-    scores = _mask_gradient(model, examples, 1.0, ablated, _labels(examples, reference))
+    scores = _mask_gradient(model, examples, 1.0, ablated, _labels(examples, reference), batch_size)
     mask, rule = _score_circuit(model, examples, scores, ablation=ablation, ablated=ablated, reference=reference,
                                 top_k=top_k, threshold=threshold)
     return _finish(model, scores, mask, ablation=ablation, method="eap", model_name=model_name, start=start,
@@ -267,16 +277,22 @@ def eap(model: Transformer, examples: Examples, *, ablation: str, seed: int = 0,
 
 
 def eap_ig(model: Transformer, examples: Examples, *, ablation: str, seed: int = 0, steps: int = 5,
-           top_k: int | None = None, threshold: float | None = None, model_name: str = "") -> Circuit:
-    """EAP with integrated gradients over the edge masks, 0 -> 1, midpoint rule (module doc)."""
+           top_k: int | None = None, threshold: float | None = None, batch_size: int = _BATCH,
+           model_name: str = "") -> Circuit:
+    """EAP with integrated gradients over the edge masks, 0 -> 1, midpoint rule (module doc).
+
+    ``batch_size`` as for :func:`eap`.
+    """
     _check_common(model, examples, ablation, "EAP-IG")
+    _check_batch_size(batch_size)
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     start = time.perf_counter()
     reference = full_logits(model, examples)
     ablated = ablated_writers(model, examples, ablation)
     labels = _labels(examples, reference)
-    scores = sum(_mask_gradient(model, examples, (i + 0.5) / steps, ablated, labels) for i in range(steps)) / steps
+    scores = sum(_mask_gradient(model, examples, (i + 0.5) / steps, ablated, labels, batch_size)
+                 for i in range(steps)) / steps
     mask, rule = _score_circuit(model, examples, scores, ablation=ablation, ablated=ablated, reference=reference,
                                 top_k=top_k, threshold=threshold)
     return _finish(model, scores, mask, ablation=ablation, method="eap_ig", model_name=model_name, start=start,

@@ -201,6 +201,20 @@ def test_score_rules_and_errors():
         eap(m, ex, ablation="ones")
 
 
+@pytest.mark.parametrize("method", ["eap", "eap_ig"])
+@pytest.mark.parametrize("ablation", ["zero", "resample"])
+def test_gradient_methods_scores_do_not_depend_on_the_batch_size(method, ablation):
+    art = artifact("reverse")
+    whole = METHODS[method](art.model, art.examples, ablation=ablation)
+    small = METHODS[method](art.model, art.examples, ablation=ablation, batch_size=7)  # uneven last batch
+    assert len(art.examples) > 7
+    a, b = torch.tensor(small.scores), torch.tensor(whole.scores)
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())  # float32 sums in another order
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size"):
+            METHODS[method](art.model, art.examples, ablation=ablation, batch_size=bad)
+
+
 # ---------------------------------------------------------------------- AUROC
 def test_edge_auroc_by_hand():
     gt = [1, 1, 0, 0, 0]
