@@ -3,6 +3,7 @@
     .venv/bin/python bench/methods.py library   # per program and total, from groundtruth.compare's JSON
     .venv/bin/python bench/methods.py gpt2      # GPT-2-small-shaped model, one IOI-sized batch
     .venv/bin/python bench/methods.py all [--json out/bench_methods.json]
+    .venv/bin/python bench/methods.py gpt2 --n 200 --methods acdc,eap   # at the paper's 200 examples
 
 ``library``: the seconds column of ``python -m groundtruth.compare`` (zero
 ablation, seed 0): the wall time of each method's call alone (not the
@@ -18,7 +19,8 @@ each reports its own peak RSS.
 - EAP and EAP-IG (5 steps) run in full, with a top-k circuit rule
   (``--top-k``, default 1,105 edges = 96.6 % sparsity, the paper's Table 1
   level), since the default rule (the smallest reproducing top-k) tries k = 1, 2, ...
-  with one forward each.
+  with one forward each. They run ``--eap-batch`` (32) examples per backward
+  pass, so their peak memory does not grow with ``--n``.
 - ACDC cannot finish here: it does one forward (the faithfulness of the current
   circuit with one more edge removed) per edge, 32,491 per tau. Measured: the
   setup (full model's logits and the corrupted writers) and the median time of
@@ -170,7 +172,7 @@ def _measure_gpt2(method: str, opts: dict) -> dict:
     if method in ("eap", "eap_ig"):
         from prune.baselines import eap, eap_ig
 
-        kw = {"ablation": ablation, "top_k": opts["top_k"]}
+        kw = {"ablation": ablation, "top_k": opts["top_k"], "batch_size": opts["eap_batch"]}
         if method == "eap_ig":
             kw["steps"] = opts["ig_steps"]
         with _Clock() as c:
@@ -234,9 +236,9 @@ def _child(method: str, opts: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def bench_gpt2(opts: dict) -> dict:
+def bench_gpt2(opts: dict, methods=METHODS) -> dict:
     results = {}
-    for method in METHODS:
+    for method in methods:
         print(f"gpt2: {method} ...", file=sys.stderr, flush=True)
         results[method] = _child(method, opts)
     first = next((r for r in results.values() if "error" not in r), None)
@@ -283,13 +285,16 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--top-k", type=int, default=1105, help="EAP/EAP-IG circuit size (1,105 = 96.6%% sparsity)")
     parser.add_argument("--ig-steps", type=int, default=5)
+    parser.add_argument("--eap-batch", type=int, default=32, help="EAP/EAP-IG examples per backward pass (memory)")
     parser.add_argument("--acdc-evals", type=int, default=10, help="timed ACDC edge evaluations")
     parser.add_argument("--ep-steps", type=int, default=5, help="timed Edge Pruning steps (after one warm-up)")
     parser.add_argument("--target-sparsity", type=float, default=0.966, help="Edge Pruning's target (Table 1 level)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--methods", default=",".join(METHODS), help="gpt2 part: comma-separated methods")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per process (default 1: on a shared machine two threads spin-wait)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    for name in ("n", "ig_steps", "acdc_evals", "ep_steps", "threads", "top_k"):
+    for name in ("n", "ig_steps", "acdc_evals", "ep_steps", "threads", "top_k", "eap_batch"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     report = {"machine": {"cpus": os.cpu_count(), "threads": args.threads, "python": sys.version.split()[0],
@@ -297,9 +302,13 @@ def main(argv=None) -> int:
     if args.part in ("library", "all"):
         report["library"] = bench_library(args.compare_json, args.threads)
     if args.part in ("gpt2", "all"):
-        opts = {k: getattr(args, k) for k in ("n", "seed", "top_k", "ig_steps", "acdc_evals", "ep_steps", "threads",
-                                          "target_sparsity")}
-        report["gpt2"] = bench_gpt2(opts)
+        opts = {k: getattr(args, k) for k in ("n", "seed", "top_k", "ig_steps", "eap_batch", "acdc_evals", "ep_steps",
+                                              "threads", "target_sparsity")}
+        methods = [m for m in args.methods.split(",") if m]
+        unknown = sorted(set(methods) - set(METHODS))
+        if unknown or not methods:
+            parser.error(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
+        report["gpt2"] = bench_gpt2(opts, methods)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1) + "\n")
