@@ -171,9 +171,10 @@ def language_model_config(target_sparsity: float, **overrides) -> EdgePruningCon
     "threshold"``), and the step is the reference implementation's: one gate
     sample per step shared by the batch, pathwise gradients only and a loss of
     plain KL. The reference's learning rates (0.8) assume its AdamW decay and
-    gradient clipping; ours keeps Adam with the decoupled pull, at the rates
-    below, and ``init_log_alpha=3`` (gates open with probability ~0.99) so that
-    3000 steps suffice to move them.
+    gradient clipping; ours is plain Adam at the rates below, without the
+    decoupled pull of the Tracr defaults (``decay=0``: the Lagrangian alone sets
+    the size), and ``init_log_alpha=3`` (gates open with probability ~0.99) so
+    that 3000 steps suffice to move them.
 
     The Lagrangian is measured in edges (``sparsity_in_edges=True``), not the
     reference's mean: with the mean, the push on each edge shrinks as
