@@ -59,3 +59,19 @@ def artifact(name: str):
     from groundtruth.artifacts import DEFAULT_ROOT, load_artifact
 
     return load_artifact(DEFAULT_ROOT / name)
+
+
+def word_level_tokenizer(text: str):
+    """A word-level tokenizer over the words of ``text`` that prepends a BOS, as Llama's does
+    (no real Llama tokenizer is available offline)."""
+    import re
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted(set(re.findall(r"\w+|[^\w\s]", text)))
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", *words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")

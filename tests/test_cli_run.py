@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import word_level_tokenizer
 from prune import loaders, tasks
 from prune.circuit import Circuit
 from prune.cli import main
@@ -47,16 +47,8 @@ def _scaled(model):
 
 def _word_tokenizer():
     """A word-level tokenizer with a BOS (as Llama's), covering every word of the IOI prompts."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    text = " ".join([*tasks.MALE_NAMES, *tasks.FEMALE_NAMES, *tasks.PLACES, *tasks.OBJECTS, *tasks._IOI_BASE])
-    words = sorted(set(re.findall(r"\w+|[^\w\s]", text)))
-    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", *words])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    return word_level_tokenizer(
+        " ".join([*tasks.MALE_NAMES, *tasks.FEMALE_NAMES, *tasks.PLACES, *tasks.OBJECTS, *tasks._IOI_BASE]))
 
 
 @pytest.fixture(scope="module")

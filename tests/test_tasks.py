@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import word_level_tokenizer
 from prune import tasks
 from prune.tasks import (
     FEMALE_NAMES, IOI_TEMPLATES, MALE_NAMES, TASKS, accuracy, gpt2_tokenizer, logit_difference, make_task,
@@ -261,19 +262,11 @@ def word_tokenizer():
     Its vocabulary is every word of the task module's texts; digits are not
     words in it, so greater-than must refuse it.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
     text = " ".join(
         [*MALE_NAMES, *FEMALE_NAMES, *tasks.PLACES, *tasks.OBJECTS, *tasks._IOI_BASE, *tasks._PRONOUN_TEMPLATES,
          tasks._BOOL_INSTRUCTION, tasks._BOOL_SHOT, "he she True False not and or ( ) isn't"]
     )
-    words = sorted(set(re.findall(r"\w+|[^\w\s]", text)))
-    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", *words])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    return word_level_tokenizer(text)
 
 
 @pytest.mark.parametrize("name, kwargs", [v for v in VARIANTS if v[0] != "greater_than"], ids=[i for i in IDS if "greater" not in i])
