@@ -45,6 +45,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from prune.files import save_figure
+
 __all__ = ["compare", "main", "DEFAULT_OUT"]
 
 DEFAULT_OUT = Path("out/compare")
@@ -137,17 +139,7 @@ def _plot(path: Path, program: str, art, ablation: str, circuits: dict, gt_size:
     ax.set_title(f"{program}, {ablation} ablation")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
     return path
 
 

@@ -280,6 +280,8 @@ def _run(args, targets, configs, run_dirs, record) -> int:
 def _plot(summary, path: Path) -> None:
     import matplotlib
 
+    from prune.files import save_figure
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -294,16 +296,7 @@ def _plot(summary, path: Path) -> None:
     ax.set_title(f"{summary[0]['task']}: {key.replace('_', ' ')} vs edges")
     ax.legend()
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> int:

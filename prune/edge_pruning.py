@@ -99,8 +99,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -113,6 +111,7 @@ from prune.ablation import ablated_writers, check_ablation
 from prune.circuit import Circuit
 from prune.data import Examples
 from prune.evaluate import circuit_agreement, full_logits
+from prune.files import atomic_path
 from prune.model import Transformer
 
 __all__ = ["EdgePruningConfig", "EdgePruner", "CheckpointError", "edge_pruning", "faithfulness_loss",
@@ -399,17 +398,9 @@ class EdgePruner:
         """Write a safetensors checkpoint atomically (a temporary file, then a rename)."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(self.state_dict(), tmp, metadata=self._metadata())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        with atomic_path(path) as tmp:
+            save_file(self.state_dict(), str(tmp), metadata=self._metadata())
+        return Path(path)
 
     def load(self, path: str | Path) -> "EdgePruner":
         """Continue from a checkpoint of this same run (model, data, ablation, seed and config)."""
