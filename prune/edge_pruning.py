@@ -201,17 +201,22 @@ def faithfulness_loss(circuit_logits: torch.Tensor, full_logits: torch.Tensor, e
                       answer: torch.Tensor, logit_scale: float = 1.0) -> torch.Tensor:
     """Per example ``[B]``: KL(full || circuit) over the output classes (categorical) or
     squared error (numerical), averaged over the example's answer positions."""
-    n = answer.sum(-1).clamp_min(1)
-    if examples.kind == "numerical":
-        err = (circuit_logits[..., 0] - full_logits[..., 0]).pow(2)
-        return (err * answer).sum(-1) / n
-    # Only the answer positions: a language model's softmax over ~50k classes at every
-    # position would otherwise dominate the step.
     rows, cols = answer.nonzero(as_tuple=True)
-    logp = F.log_softmax(logit_scale * circuit_logits[rows, cols].float(), -1)  # [K, out]
-    logq = F.log_softmax(logit_scale * full_logits[rows, cols].float(), -1)
-    kl = (logq.exp() * (logq - logp)).sum(-1)  # [K]
-    return torch.zeros(answer.shape[0], dtype=kl.dtype, device=kl.device).index_add_(0, rows, kl) / n
+    return _answer_loss(circuit_logits[rows, cols], full_logits[rows, cols], rows, answer, examples.kind,
+                        logit_scale)
+
+
+def _answer_loss(circuit: torch.Tensor, full: torch.Tensor, rows: torch.Tensor, answer: torch.Tensor, kind: str,
+                 logit_scale: float) -> torch.Tensor:
+    """:func:`faithfulness_loss` from logits at the answer positions only (``[K, out]``, example ``rows``)."""
+    n = answer.sum(-1).clamp_min(1)
+    if kind == "numerical":
+        per_row = (circuit[:, 0] - full[:, 0]).pow(2)
+    else:
+        logp = F.log_softmax(logit_scale * circuit.float(), -1)  # [K, out]
+        logq = F.log_softmax(logit_scale * full.float(), -1)
+        per_row = (logq.exp() * (logq - logp)).sum(-1)  # [K]
+    return torch.zeros(answer.shape[0], dtype=per_row.dtype, device=per_row.device).index_add_(0, rows, per_row) / n
 
 
 class _Lagrangian(torch.nn.Module):
@@ -257,7 +262,14 @@ class EdgePruner:
         device = model.W_E.device
         model.requires_grad_(False)
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
-        self.reference = full_logits(model, examples)  # targets: fixed weights, fixed data
+        # Targets (fixed weights, fixed data): the full model's logits at the answer positions only,
+        # [K, out] in row-major order; answer_row[i, s] is the row of example i's position s.
+        with torch.no_grad():
+            self.reference = torch.cat([model(examples.clean[b], attention_mask=examples.valid[b],
+                                              positions=examples.answer[b])
+                                        for b in torch.arange(len(examples)).split(256)])
+        self.answer_row = torch.full(examples.answer.shape, -1, dtype=torch.long, device=examples.answer.device)
+        self.answer_row[examples.answer] = torch.arange(len(self.reference), device=examples.answer.device)
         self.ablated = ablated_writers(model, examples, ablation)  # None, [W,1,S,D] or [W,N,S,D]
 
         self.log_alpha = torch.nn.Parameter(torch.full((g.n_edges,), float(cfg.init_log_alpha), device=device))
@@ -297,6 +309,7 @@ class EdgePruner:
         step = self.step_index
         device, dtype = model.W_E.device, model.W_E.dtype
         N = len(ex)
+        whole = N <= cfg.batch_size and cfg.samples == 1  # the batch is the data set, in order: no copies
         if N > cfg.batch_size:
             idx = torch.randperm(N, generator=gen)[: cfg.batch_size].to(device)
         else:
@@ -311,9 +324,13 @@ class EdgePruner:
         if self.node_log_alpha is not None:
             nodes = hard_concrete.sample(self.node_log_alpha.expand(*shape, -1), gen).to(dtype)
         ablated = self.ablated
-        part = None if ablated is None else (ablated if ablated.shape[1] == 1 else ablated[:, idx])
-        logits = model(ex.clean[idx], attention_mask=ex.valid[idx], edge_mask=z, node_mask=nodes, ablated=part)
-        per_example = faithfulness_loss(logits, self.reference[idx], ex, ex.answer[idx], cfg.logit_scale)
+        part = None if ablated is None else (ablated if ablated.shape[1] == 1 or whole else ablated[:, idx])
+        batch = ex if whole else ex.subset(idx)
+        logits = model(batch.clean, attention_mask=batch.valid, edge_mask=z, node_mask=nodes, ablated=part,
+                       positions=batch.answer)  # [K, out]: answer positions only
+        rows = batch.answer.nonzero(as_tuple=True)[0]
+        reference = self.reference[(self.answer_row if whole else self.answer_row[idx])[batch.answer]]
+        per_example = _answer_loss(logits, reference, rows, batch.answer, ex.kind, cfg.logit_scale)
         if cfg.loss_power != 1.0:
             per_example = per_example.clamp_min(1e-12).pow(cfg.loss_power)
         faith = per_example.mean()
@@ -462,7 +479,8 @@ class EdgePruner:
         until nothing changes, every kept edge whose removal keeps every output,
         so each remaining edge is necessary given the others.
         """
-        model, ex, abl, ref = self.model, self.examples, self.ablated, self.reference
+        model, ex, abl = self.model, self.examples, self.ablated
+        ref = full_logits(model, ex)  # every position: agreement is judged on the decoded outputs
         evaluations = 0
         # Examples that broke a recent candidate are tried first, alone: most candidates that
         # fail, fail on them, and then the rest of the set need not run. The answer is the same.

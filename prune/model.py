@@ -101,6 +101,37 @@ class TransformerConfig:
         return cls(**d)
 
 
+class _RMSNorm(torch.autograd.Function):
+    """``weight * x / sqrt(mean(x^2) + eps)`` over the last dim, in few passes over memory.
+
+    Masked mode norms one input per reader (``[3H, B, S, D]`` per layer), so the
+    norm is a visible part of a step; autograd over the textbook expression
+    allocates and traverses that tensor about a dozen times, this about five.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        D = x.shape[-1]
+        r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).pow_(2).div_(D).add_(eps).rsqrt_()  # [..., 1]
+        y = x * r
+        ctx.save_for_backward(x, weight, r)
+        return y.mul_(weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, r = ctx.saved_tensors
+        D = x.shape[-1]
+        gw = grad * weight  # d loss / d (x * r)
+        dx = torch.mul(gw, x)
+        dot = dx.sum(-1, keepdim=True)  # [..., 1]
+        torch.mul(gw, r, out=dx)
+        dx.addcmul_(x, r.pow(3).mul_(dot).div_(-D))  # d(x r)/dx = r - x r^3 x^T / D
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = (grad * x * r).reshape(-1, D).sum(0)
+        return dx, grad_weight, None
+
+
 class _Norm(nn.Module):
     def __init__(self, kind: Norm, d: int, eps: float):
         super().__init__()
@@ -115,10 +146,11 @@ class _Norm(nn.Module):
             return x
         if self.kind == "layernorm":
             return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
-        # RMSNorm in float32, as Llama does, then back to the input dtype.
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        if x.dtype in (torch.float16, torch.bfloat16):  # in float32, as Llama does, then back
+            x32 = x.float()
+            x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+            return self.weight * x32.to(x.dtype)
+        return _RMSNorm.apply(x, self.weight, self.eps)
 
 
 class Block(nn.Module):
@@ -144,86 +176,109 @@ class Block(nn.Module):
         self.b_out = nn.Parameter(torch.zeros(D)) if cfg.mlp_bias else None
 
 
+class _WriterGrads:
+    """The writers' gradients ``[W, B, S, D]``, accumulated in place by the reads' backward passes.
+
+    Autograd would give every read's backward a fresh ``[n, B, S, D]`` gradient
+    for all n writers before it and then add those up per writer: for a
+    GPT-2-sized graph that is most of an Edge Pruning step, in allocation and
+    memory traffic. Instead each backward adds ``z @ grad`` into this one buffer
+    (``addmm_``), and a writer's gradient is handed to autograd once, by the
+    first read after the writer (its last backward; see ``_ReadWriters``).
+    """
+
+    def __init__(self, stack: torch.Tensor):
+        self.stack, self.buffer = stack, None
+
+    def start(self) -> torch.Tensor:  # called by the last read's backward, which runs first
+        self.buffer = torch.zeros_like(self.stack)
+        return self.buffer
+
+
 class _ReadWriters(torch.autograd.Function):
     """Readers' inputs from a prefix of the writer stack, without copying the stack.
 
     ``stack[:n]`` holds the writers' outputs (filled as they are computed, never
-    rewritten within a forward pass); ``blocks`` are the same outputs as autograd
-    tensors, so gradients reach them. Forward: ``z.T @ stack[:n] + (1 - z).T @
+    rewritten within a forward pass). Forward: ``z.T @ stack[:n] + (1 - z).T @
     ablated[:n]``, one matmul over contiguous memory instead of a sum of
     per-writer copies.
+
+    Gradients: ``new_blocks`` are the autograd tensors of the writers written
+    since the previous read, ``stack[first:n]``. Backward adds this read's
+    gradient for all n writers into ``grads`` (a :class:`_WriterGrads`) and
+    returns the accumulated gradient of the new writers only. That is their
+    complete gradient: every later read depends on this read's output (through
+    the writers computed from it), so autograd runs every later read's backward
+    before this one; and no earlier read touches rows ``first:n`` again.
     """
 
     @staticmethod
-    def forward(ctx, z, stack, ablated, n, *blocks):
-        if z.ndim == 3:  # one mask per example: z [B, n, R]
-            return _ReadWriters._per_example(ctx, z, stack, ablated, n, blocks)
-        R = z.shape[1]
+    def forward(ctx, z, stack, ablated, n, grads, first, last, *new_blocks):
+        ctx.save_for_backward(z)
+        ctx.stack, ctx.ablated, ctx.n, ctx.grads, ctx.first, ctx.last = stack, ablated, n, grads, first, last
+        ctx.sizes = [b.shape[0] for b in new_blocks]
         _, B, S, D = stack.shape
-        out = (z.t() @ stack[:n].reshape(n, -1)).view(R, B, S * D)
+        if z.ndim == 3:  # one mask per example: z [B, n, R]
+            R = z.shape[2]
+            clean = stack[:n].reshape(n, B, S * D).transpose(0, 1)  # [B, n, SD]
+            out = torch.bmm(z.transpose(1, 2), clean)  # [B, R, SD]
+            if ablated is not None:
+                ab = ablated[:n].reshape(n, ablated.shape[1], S * D).transpose(0, 1).expand(B, n, S * D)
+                out.baddbmm_((1 - z).transpose(1, 2), ab)
+            return out.transpose(0, 1).reshape(R, B, S, D)
+        R = z.shape[1]
+        out = z.t() @ stack[:n].reshape(n, -1)  # [R, B*S*D]
         if ablated is not None:
             ab = ablated[:n].reshape(n, -1)  # [n, B' * S * D] with B' in {1, B}
-            out = out + ((1 - z).t() @ ab).view(R, ablated.shape[1], S * D)
-        ctx.save_for_backward(z)
-        ctx.stack, ctx.ablated, ctx.n = stack, ablated, n
-        ctx.sizes = [b.shape[0] for b in blocks]
-        return out.view(R, B, S, D)
-
-    @staticmethod
-    def _per_example(ctx, z, stack, ablated, n, blocks):
-        _, B, S, D = stack.shape
-        R = z.shape[2]
-        clean = stack[:n].reshape(n, B, S * D).transpose(0, 1)  # [B, n, SD]
-        out = z.transpose(1, 2) @ clean  # [B, R, SD]
-        if ablated is not None:
-            ab = ablated[:n].reshape(n, ablated.shape[1], S * D).transpose(0, 1)  # [B' , n, SD]
-            out = out + (1 - z).transpose(1, 2) @ ab
-        ctx.save_for_backward(z)
-        ctx.stack, ctx.ablated, ctx.n = stack, ablated, n
-        ctx.sizes = [b.shape[0] for b in blocks]
-        return out.transpose(0, 1).reshape(R, B, S, D)
-
-    @staticmethod
-    def _per_example_backward(ctx, z, grad):
-        n, stack, ablated = ctx.n, ctx.stack, ctx.ablated
-        R, B, S, D = grad.shape
-        g = grad.reshape(R, B, S * D).transpose(0, 1)  # [B, R, SD]
-        grad_z = None
-        if ctx.needs_input_grad[0]:
-            clean = stack[:n].reshape(n, B, S * D).transpose(0, 1)
-            grad_z = clean @ g.transpose(1, 2)  # [B, n, R]
-            if ablated is not None:
-                ab = ablated[:n].reshape(n, ablated.shape[1], S * D).transpose(0, 1)
-                grad_z = grad_z - ab @ g.transpose(1, 2)
-        grads = [None] * len(ctx.sizes)
-        if any(ctx.needs_input_grad[4:]):
-            if R == 1:  # an outer product: a broadcast multiply is ~7x faster than bmm on CPU here
-                gw = z.transpose(0, 1) * g[:, 0].unsqueeze(0)  # [n, B, 1] * [1, B, SD] -> [n, B, SD]
+            if ablated.shape[1] == B:
+                out.addmm_((1 - z).t(), ab)
             else:
-                gw = (z @ g).transpose(0, 1)  # [n, B, SD]
-            grads = list(gw.reshape(n, B, S, D).split(ctx.sizes))
-        return (grad_z, None, None, None, *grads)
+                out = (out.view(R, B, S * D) + ((1 - z).t() @ ab).view(R, 1, S * D)).view(R, -1)
+        return out.view(R, B, S, D)
 
     @staticmethod
     def backward(ctx, grad):
         (z,) = ctx.saved_tensors
-        if z.ndim == 3:
-            return _ReadWriters._per_example_backward(ctx, z, grad)
         n, stack, ablated = ctx.n, ctx.stack, ctx.ablated
         R, B, S, D = grad.shape
-        g = grad.reshape(R, -1)
+        per_example = z.ndim == 3
         grad_z = None
         if ctx.needs_input_grad[0]:
-            grad_z = stack[:n].reshape(n, -1) @ g.t()
-            if ablated is not None:
-                g_ab = g.view(R, B, S * D)
-                if ablated.shape[1] == 1:
-                    g_ab = g_ab.sum(1, keepdim=True)
-                grad_z = grad_z - ablated[:n].reshape(n, -1) @ g_ab.reshape(R, -1).t()
-        grads = [None] * len(ctx.sizes)
-        if any(ctx.needs_input_grad[4:]):
-            grads = list((z @ g).view(n, B, S, D).split(ctx.sizes))
-        return (grad_z, None, None, None, *grads)
+            if per_example:
+                g = grad.reshape(R, B, S * D).transpose(0, 1)  # [B, R, SD]
+                clean = stack[:n].reshape(n, B, S * D).transpose(0, 1)
+                grad_z = torch.bmm(clean, g.transpose(1, 2))  # [B, n, R]
+                if ablated is not None:
+                    ab = ablated[:n].reshape(n, ablated.shape[1], S * D).transpose(0, 1).expand(B, n, S * D)
+                    grad_z.baddbmm_(ab, g.transpose(1, 2), alpha=-1)
+            else:
+                g = grad.reshape(R, -1)
+                grad_z = stack[:n].reshape(n, -1) @ g.t()
+                if ablated is not None:
+                    g_ab = g.view(R, B, S * D)
+                    if ablated.shape[1] == 1:
+                        g_ab = g_ab.sum(1, keepdim=True)
+                    grad_z.addmm_(ablated[:n].reshape(n, -1), g_ab.reshape(R, -1).t(), alpha=-1)
+        if not any(ctx.needs_input_grad[7:]):
+            return (grad_z, *[None] * (6 + len(ctx.sizes)))
+        buffer = ctx.grads.buffer
+        if ctx.last or buffer is None:  # the last read's backward comes first: a fresh accumulation
+            buffer = ctx.grads.start()
+        if per_example:  # buffer rows as [B, n, SD]: writer w of example b gets z[b, w, :] @ g[b]
+            acc = buffer[:n].view(n, B, S * D).transpose(0, 1)
+            g = grad.reshape(R, B, S * D).transpose(0, 1)  # [B, R, SD]
+            if R == 1:  # an outer product: a broadcast multiply-add is much faster than bmm on CPU
+                acc.addcmul_(z, g)
+            else:
+                acc.baddbmm_(z, g)
+        else:
+            acc = buffer[:n].view(n, -1)
+            if R == 1:
+                acc.addr_(z[:, 0], grad.reshape(-1))
+            else:
+                acc.addmm_(z, grad.reshape(R, -1))
+        news = list(buffer[ctx.first : n].split(ctx.sizes))
+        return (grad_z, None, None, None, None, None, None, *news)
 
 
 class Transformer(nn.Module):
@@ -351,9 +406,16 @@ class Transformer(nn.Module):
         edge_mask: torch.Tensor | None = None,
         node_mask: torch.Tensor | None = None,
         ablated: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
         return_writers: bool = False,
     ):
         """Logits ``[B, S, out]``; with ``return_writers``, also the writers ``[W, B, S, D]`` (detached).
+
+        ``positions``: bool ``[B, S]``; when given, only those positions are
+        normed and unembedded and the logits are ``[K, out]``, one row per True
+        entry in row-major order (``positions.nonzero()``). A loss read at a few
+        answer positions then skips the unembedding (vocabulary-sized for a
+        language model) everywhere else.
 
         Plain mode when ``edge_mask`` and ``node_mask`` are None. Otherwise masked:
         ``edge_mask`` is ``[n_edges]`` (graph order) or a dense ``[W, R]`` matrix,
@@ -365,16 +427,19 @@ class Transformer(nn.Module):
         masked = edge_mask is not None or node_mask is not None
         if not masked and ablated is not None:
             raise ValueError("`ablated` only has an effect with an edge_mask or node_mask")
+        if positions is not None and (positions.shape != tokens.shape or positions.dtype != torch.bool):
+            raise ValueError(f"positions must be a bool mask shaped like the tokens {tuple(tokens.shape)}, "
+                             f"got {positions.dtype} {tuple(positions.shape)}")
         cfg = self.cfg
         B, S = tokens.shape
         rotary = None
         if cfg.positional == "rotary":
             rotary = self._rotary(S, tokens.device, self.W_E.dtype)
         if not masked:
-            return self._plain(tokens, attention_mask, rotary, return_writers)
-        return self._masked(tokens, attention_mask, rotary, edge_mask, node_mask, ablated, return_writers)
+            return self._plain(tokens, attention_mask, rotary, positions, return_writers)
+        return self._masked(tokens, attention_mask, rotary, edge_mask, node_mask, ablated, positions, return_writers)
 
-    def _plain(self, tokens, attention_mask, rotary, return_writers):
+    def _plain(self, tokens, attention_mask, rotary, positions, return_writers):
         g = self.graph
         x = self.embed(tokens)
         stack = None
@@ -391,7 +456,7 @@ class Transformer(nn.Module):
                 first = g.head_writer(l, 0)
                 stack[first : first + g.n_heads] = heads.detach()
                 stack[g.mlp_writer(l)] = mlp.detach()
-        logits = self.unembed(self.ln_f(x))
+        logits = self.unembed(self.ln_f(x if positions is None else x[positions]))
         return (logits, stack) if return_writers else logits
 
     def _check_masks(self, edge_mask, node_mask, ablated, B, S):
@@ -419,15 +484,18 @@ class Transformer(nn.Module):
             ablated = ablated.to(self.W_E.dtype)
         return edge_mask.to(self.W_E.dtype), node_mask, ablated
 
-    def _masked(self, tokens, attention_mask, rotary, edge_mask, node_mask, ablated, return_writers):
+    def _masked(self, tokens, attention_mask, rotary, edge_mask, node_mask, ablated, positions, return_writers):
         g, cfg = self.graph, self.cfg
         B, S = tokens.shape
         H = cfg.n_heads
         z, node_mask, ablated = self._check_masks(edge_mask, node_mask, ablated, B, S)
         stack = self.W_E.new_empty(g.n_writers, B, S, cfg.d_model)  # writers as written
-        blocks: list[torch.Tensor] = []
+        grads = _WriterGrads(stack)
+        pending: list[torch.Tensor] = []  # writers' autograd tensors not yet read
+        written = 0  # writers in the stack so far
 
         def write(first: int, out: torch.Tensor):  # out [n, B, S, D]
+            nonlocal written
             n = out.shape[0]
             if node_mask is not None:
                 nm = node_mask[..., first : first + n]
@@ -436,23 +504,29 @@ class Transformer(nn.Module):
                 out = nm * out + (1 - nm) * abl
             with torch.no_grad():
                 stack[first : first + n] = out
-            blocks.append(out)
+            pending.append(out)
+            written = first + n
 
-        def read(r0: int, r1: int, n: int):  # readers r0:r1 over writers :n -> [R, B, S, D]
+        def read(r0: int, r1: int) -> torch.Tensor:  # readers r0:r1 over the writers so far -> [R, B, S, D]
+            n = written
             zz = z[:n, r0:r1] if z.ndim == 2 else z[:, :n, r0:r1]
-            return _ReadWriters.apply(zz, stack, ablated, n, *blocks)
+            new = list(pending)
+            pending.clear()
+            first = n - sum(b.shape[0] for b in new)
+            return _ReadWriters.apply(zz, stack, ablated, n, grads, first, r1 == g.n_readers, *new)
 
         write(0, self.embed(tokens).unsqueeze(0))
         for l, block in enumerate(self.blocks):
             r0 = g.head_reader(l, 0, "q")
-            xin = block.ln1(read(r0, r0 + 3 * H, g.head_writer(l, 0)))  # [3H, B, S, D]
-            heads = self._attention(block, xin[:H], xin[H : 2 * H], xin[2 * H :], attention_mask, rotary)
+            xq, xk, xv = block.ln1(read(r0, r0 + 3 * H)).split(H)  # each [H, B, S, D]; split, not slices:
+            heads = self._attention(block, xq, xk, xv, attention_mask, rotary)  # its backward is one cat
             write(g.head_writer(l, 0), heads)
             rm = g.mlp_reader(l)
-            xm = block.ln2(read(rm, rm + 1, g.mlp_writer(l))[0])
+            xm = block.ln2(read(rm, rm + 1).squeeze(0))
             write(g.mlp_writer(l), self._mlp(block, xm).unsqueeze(0))
         rl = g.logits_reader
-        logits = self.unembed(self.ln_f(read(rl, rl + 1, g.n_writers)[0]))
+        x = read(rl, rl + 1).squeeze(0)  # [B, S, D]
+        logits = self.unembed(self.ln_f(x if positions is None else x[positions]))
         return (logits, stack) if return_writers else logits
 
     # ----------------------------------------------------------------- misc

@@ -164,10 +164,46 @@ def test_per_example_masks_equal_one_run_per_example(cfg, seed, ablation):
         torch.testing.assert_close(together[b : b + 1], alone, atol=ATOL, rtol=0)
 
 
-def test_per_example_gradients_match_finite_differences():
-    cfg = TransformerConfig(vocab_size=7, d_model=8, n_layers=2, n_heads=2, d_head=4, d_mlp=8, n_positions=6)
-    model = random_model(cfg, 1)
+@pytest.mark.parametrize("per_example", [False, True])
+@pytest.mark.parametrize("ablation", ["zero", "mean", "resample"])
+def test_gradients_match_finite_differences_for_every_ablation(ablation, per_example):
+    # The writers' gradients are accumulated in one buffer by the reads' backward passes
+    # (prune.model._WriterGrads); this checks that bookkeeping on grouped-query attention,
+    # rotary, RMSNorm and a gated MLP, with every ablation shape ([W, B, ..], [W, 1, ..], none).
+    cfg = TransformerConfig(vocab_size=7, d_model=8, n_layers=2, n_heads=4, n_kv_heads=2, d_head=4, d_mlp=8,
+                            n_positions=6, norm="rmsnorm", activation="silu", gated_mlp=True, positional="rotary")
+    model = random_model(cfg, 2)
     tokens, corrupt = torch.randint(0, 7, (2, 3, 4))
-    ablated = model.writers(corrupt)
-    z = torch.rand(3, model.graph.n_edges, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda z: model(tokens, edge_mask=z, ablated=ablated).pow(2).sum(), (z,))
+    ablated = {"zero": None, "resample": model.writers(corrupt),
+               "mean": model.writers(corrupt).mean(1, keepdim=True)}[ablation]
+    shape = (3,) if per_example else ()
+    z = torch.rand(*shape, model.graph.n_edges, dtype=torch.float64, requires_grad=True)
+    nodes = torch.rand(*shape, model.graph.n_writers, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda z, n: model(tokens, edge_mask=z, node_mask=n, ablated=ablated).pow(2).sum(), (z, nodes))
+
+
+def test_backward_twice_through_one_graph_gives_the_same_gradient():
+    # retain_graph: the second backward must start a fresh accumulation, not add to the first.
+    cfg = TransformerConfig(vocab_size=7, d_model=8, n_layers=2, n_heads=2, d_head=4, d_mlp=8, n_positions=6)
+    model = random_model(cfg, 3)
+    z = torch.rand(model.graph.n_edges, dtype=torch.float64, requires_grad=True)
+    loss = model(torch.randint(0, 7, (2, 4)), edge_mask=z).pow(2).sum()
+    (first,) = torch.autograd.grad(loss, z, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, z)
+    torch.testing.assert_close(first, second, atol=0, rtol=0)
+
+
+@given(configs(), st.integers(0, 2**16))
+def test_logits_at_positions_are_rows_of_the_full_logits(cfg, seed):
+    model = random_model(cfg, seed)
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, cfg.vocab_size, (3, 5), generator=gen)
+    positions = torch.rand(3, 5, generator=gen) < 0.4
+    z = torch.rand(model.graph.n_edges, dtype=torch.float64, generator=gen)
+    for kwargs in ({}, {"edge_mask": z}):
+        rows = model(tokens, positions=positions, **kwargs)
+        assert rows.shape == (int(positions.sum()), cfg.out_size)
+        torch.testing.assert_close(rows, model(tokens, **kwargs)[positions], atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="positions must be a bool mask"):
+        model(tokens, positions=positions.long())
