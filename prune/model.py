@@ -176,109 +176,118 @@ class Block(nn.Module):
         self.b_out = nn.Parameter(torch.zeros(D)) if cfg.mlp_bias else None
 
 
-class _WriterGrads:
-    """The writers' gradients ``[W, B, S, D]``, accumulated in place by the reads' backward passes.
+class _Grads:
+    """Gradients of one masked forward pass, accumulated in place by the reads' backward passes.
 
     Autograd would give every read's backward a fresh ``[n, B, S, D]`` gradient
-    for all n writers before it and then add those up per writer: for a
+    for all n writers before it and then add those up per writer, and a
+    full-size gradient of the mask per read (the backward of slicing it): for a
     GPT-2-sized graph that is most of an Edge Pruning step, in allocation and
-    memory traffic. Instead each backward adds ``z @ grad`` into this one buffer
-    (``addmm_``), and a writer's gradient is handed to autograd once, by the
-    first read after the writer (its last backward; see ``_ReadWriters``).
+    memory traffic. Instead each read's backward adds ``z @ grad`` into one
+    writer buffer (``addmm_``) and writes its readers' columns of one mask
+    buffer; autograd gets a writer's gradient once, from the first read after
+    the writer, and the mask's from the first read of all (see ``_ReadWriters``).
     """
 
-    def __init__(self, stack: torch.Tensor):
-        self.stack, self.buffer = stack, None
+    def __init__(self, stack: torch.Tensor, z: torch.Tensor):
+        self.stack, self.z = stack, z
+        self.writers: torch.Tensor | None = None  # [W, B, S, D]
+        self.mask: torch.Tensor | None = None  # like z
 
-    def start(self) -> torch.Tensor:  # called by the last read's backward, which runs first
-        self.buffer = torch.zeros_like(self.stack)
-        return self.buffer
+    def start(self) -> None:  # by the last read's backward, which runs first
+        self.writers = torch.zeros_like(self.stack)
+        self.mask = torch.zeros_like(self.z)
 
 
 class _ReadWriters(torch.autograd.Function):
-    """Readers' inputs from a prefix of the writer stack, without copying the stack.
+    """Readers ``r0:r1``'s inputs from the first ``n`` writers, without copying the stack.
 
     ``stack[:n]`` holds the writers' outputs (filled as they are computed, never
     rewritten within a forward pass). Forward: ``z.T @ stack[:n] + (1 - z).T @
-    ablated[:n]``, one matmul over contiguous memory instead of a sum of
-    per-writer copies.
+    ablated[:n]`` over the readers' columns of the mask ``z`` (``[W, R]``, or
+    ``[B, W, R]`` per example), one matmul over contiguous memory instead of a
+    sum of per-writer copies.
 
-    Gradients: ``new_blocks`` are the autograd tensors of the writers written
-    since the previous read, ``stack[first:n]``. Backward adds this read's
-    gradient for all n writers into ``grads`` (a :class:`_WriterGrads`) and
-    returns the accumulated gradient of the new writers only. That is their
-    complete gradient: every later read depends on this read's output (through
-    the writers computed from it), so autograd runs every later read's backward
-    before this one; and no earlier read touches rows ``first:n`` again.
+    Gradients, accumulated in ``grads`` (a :class:`_Grads`): ``new_blocks`` are
+    the autograd tensors of the writers written since the previous read,
+    ``stack[first:n]``. Backward adds this read's gradient for all n writers
+    into the writer buffer and returns the accumulated gradient of the new
+    writers only. That is their complete gradient: every later read depends on
+    this read's output (through the writers computed from it), so autograd runs
+    every later read's backward before this one, and no earlier read touches
+    rows ``first:n``. Likewise the mask's gradient is returned, whole, by the
+    first read (``r0 == 0``), whose backward runs last.
     """
 
     @staticmethod
-    def forward(ctx, z, stack, ablated, n, grads, first, last, *new_blocks):
+    def forward(ctx, z, r0, r1, stack, ablated, n, grads, first, *new_blocks):
         ctx.save_for_backward(z)
-        ctx.stack, ctx.ablated, ctx.n, ctx.grads, ctx.first, ctx.last = stack, ablated, n, grads, first, last
+        ctx.r0, ctx.r1, ctx.n, ctx.first = r0, r1, n, first
+        ctx.stack, ctx.ablated, ctx.grads = stack, ablated, grads
         ctx.sizes = [b.shape[0] for b in new_blocks]
         _, B, S, D = stack.shape
-        if z.ndim == 3:  # one mask per example: z [B, n, R]
-            R = z.shape[2]
+        R = r1 - r0
+        if z.ndim == 3:  # one mask per example: z [B, W, R_all]
+            zz = z[:, :n, r0:r1]
             clean = stack[:n].reshape(n, B, S * D).transpose(0, 1)  # [B, n, SD]
-            out = torch.bmm(z.transpose(1, 2), clean)  # [B, R, SD]
+            out = torch.bmm(zz.transpose(1, 2), clean)  # [B, R, SD]
             if ablated is not None:
                 ab = ablated[:n].reshape(n, ablated.shape[1], S * D).transpose(0, 1).expand(B, n, S * D)
-                out.baddbmm_((1 - z).transpose(1, 2), ab)
+                out.baddbmm_((1 - zz).transpose(1, 2), ab)
             return out.transpose(0, 1).reshape(R, B, S, D)
-        R = z.shape[1]
-        out = z.t() @ stack[:n].reshape(n, -1)  # [R, B*S*D]
+        zz = z[:n, r0:r1]
+        out = zz.t() @ stack[:n].reshape(n, -1)  # [R, B*S*D]
         if ablated is not None:
             ab = ablated[:n].reshape(n, -1)  # [n, B' * S * D] with B' in {1, B}
             if ablated.shape[1] == B:
-                out.addmm_((1 - z).t(), ab)
+                out.addmm_((1 - zz).t(), ab)
             else:
-                out = (out.view(R, B, S * D) + ((1 - z).t() @ ab).view(R, 1, S * D)).view(R, -1)
+                out = (out.view(R, B, S * D) + ((1 - zz).t() @ ab).view(R, 1, S * D)).view(R, -1)
         return out.view(R, B, S, D)
 
     @staticmethod
     def backward(ctx, grad):
         (z,) = ctx.saved_tensors
-        n, stack, ablated = ctx.n, ctx.stack, ctx.ablated
+        n, r0, r1, stack, ablated, grads = ctx.n, ctx.r0, ctx.r1, ctx.stack, ctx.ablated, ctx.grads
         R, B, S, D = grad.shape
         per_example = z.ndim == 3
-        grad_z = None
+        if r1 == z.shape[-1] or grads.writers is None:  # the last read's backward comes first: start afresh
+            grads.start()
+        zz = z[:, :n, r0:r1] if per_example else z[:n, r0:r1]
+        g = grad.reshape(R, B, S * D).transpose(0, 1) if per_example else grad.reshape(R, -1)  # [B, R, SD] / [R, BSD]
         if ctx.needs_input_grad[0]:
             if per_example:
-                g = grad.reshape(R, B, S * D).transpose(0, 1)  # [B, R, SD]
                 clean = stack[:n].reshape(n, B, S * D).transpose(0, 1)
                 grad_z = torch.bmm(clean, g.transpose(1, 2))  # [B, n, R]
                 if ablated is not None:
                     ab = ablated[:n].reshape(n, ablated.shape[1], S * D).transpose(0, 1).expand(B, n, S * D)
                     grad_z.baddbmm_(ab, g.transpose(1, 2), alpha=-1)
+                grads.mask[:, :n, r0:r1] = grad_z
             else:
-                g = grad.reshape(R, -1)
                 grad_z = stack[:n].reshape(n, -1) @ g.t()
                 if ablated is not None:
                     g_ab = g.view(R, B, S * D)
                     if ablated.shape[1] == 1:
                         g_ab = g_ab.sum(1, keepdim=True)
                     grad_z.addmm_(ablated[:n].reshape(n, -1), g_ab.reshape(R, -1).t(), alpha=-1)
-        if not any(ctx.needs_input_grad[7:]):
-            return (grad_z, *[None] * (6 + len(ctx.sizes)))
-        buffer = ctx.grads.buffer
-        if ctx.last or buffer is None:  # the last read's backward comes first: a fresh accumulation
-            buffer = ctx.grads.start()
-        if per_example:  # buffer rows as [B, n, SD]: writer w of example b gets z[b, w, :] @ g[b]
-            acc = buffer[:n].view(n, B, S * D).transpose(0, 1)
-            g = grad.reshape(R, B, S * D).transpose(0, 1)  # [B, R, SD]
-            if R == 1:  # an outer product: a broadcast multiply-add is much faster than bmm on CPU
-                acc.addcmul_(z, g)
+                grads.mask[:n, r0:r1] = grad_z
+        news = [None] * len(ctx.sizes)
+        if any(ctx.needs_input_grad[8:]):
+            if per_example:  # writer w of example b gets zz[b, w, :] @ g[b]
+                acc = grads.writers[:n].view(n, B, S * D).transpose(0, 1)  # [B, n, SD]
+                if R == 1:  # an outer product: a broadcast multiply-add is much faster than bmm on CPU
+                    acc.addcmul_(zz, g)
+                else:
+                    acc.baddbmm_(zz, g)
             else:
-                acc.baddbmm_(z, g)
-        else:
-            acc = buffer[:n].view(n, -1)
-            if R == 1:
-                acc.addr_(z[:, 0], grad.reshape(-1))
-            else:
-                acc.addmm_(z, grad.reshape(R, -1))
-        news = list(buffer[ctx.first : n].split(ctx.sizes))
-        return (grad_z, None, None, None, None, None, None, *news)
+                acc = grads.writers[:n].view(n, -1)
+                if R == 1:
+                    acc.addr_(zz[:, 0], g[0])
+                else:
+                    acc.addmm_(zz, g)
+            news = list(grads.writers[ctx.first : n].split(ctx.sizes))
+        grad_mask = grads.mask if r0 == 0 and ctx.needs_input_grad[0] else None
+        return (grad_mask, None, None, None, None, None, None, None, *news)
 
 
 class Transformer(nn.Module):
@@ -347,9 +356,10 @@ class Transformer(nn.Module):
             if x.ndim == 3:  # one input for all heads
                 Bx, Sx, Dx = x.shape
                 y = (x.reshape(Bx * Sx, Dx) @ W.permute(1, 0, 2).reshape(Dx, -1)).view(Bx, Sx, n, -1).transpose(1, 2)
-            else:  # one input per head
-                _, Bx, Sx, Dx = x.shape
-                y = torch.matmul(x.reshape(n, Bx * Sx, Dx), W).view(n, Bx, Sx, -1).transpose(0, 1)
+            else:  # one input per head. W^T x^T: the long side (B*S) as the matmul's columns, not d_head
+                _, Bx, Sx, Dx = x.shape  # (4x faster for Tracr's d_head of 7; the same for 64)
+                y = torch.matmul(W.transpose(1, 2), x.reshape(n, Bx * Sx, Dx).transpose(1, 2))  # [n, E, B*S]
+                y = y.view(n, -1, Bx, Sx).permute(2, 0, 3, 1)
             return y if b is None else y + b[None, :, None, :]
 
         def expand(W, b):  # key/value weights of the group, per query head
@@ -490,7 +500,7 @@ class Transformer(nn.Module):
         H = cfg.n_heads
         z, node_mask, ablated = self._check_masks(edge_mask, node_mask, ablated, B, S)
         stack = self.W_E.new_empty(g.n_writers, B, S, cfg.d_model)  # writers as written
-        grads = _WriterGrads(stack)
+        grads = _Grads(stack, z)
         pending: list[torch.Tensor] = []  # writers' autograd tensors not yet read
         written = 0  # writers in the stack so far
 
@@ -508,12 +518,10 @@ class Transformer(nn.Module):
             written = first + n
 
         def read(r0: int, r1: int) -> torch.Tensor:  # readers r0:r1 over the writers so far -> [R, B, S, D]
-            n = written
-            zz = z[:n, r0:r1] if z.ndim == 2 else z[:, :n, r0:r1]
             new = list(pending)
             pending.clear()
-            first = n - sum(b.shape[0] for b in new)
-            return _ReadWriters.apply(zz, stack, ablated, n, grads, first, r1 == g.n_readers, *new)
+            first = written - sum(b.shape[0] for b in new)
+            return _ReadWriters.apply(z, r0, r1, stack, ablated, written, grads, first, *new)
 
         write(0, self.embed(tokens).unsqueeze(0))
         for l, block in enumerate(self.blocks):
