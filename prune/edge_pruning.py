@@ -264,10 +264,7 @@ class EdgePruner:
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         # Targets (fixed weights, fixed data): the full model's logits at the answer positions only,
         # [K, out] in row-major order; answer_row[i, s] is the row of example i's position s.
-        with torch.no_grad():
-            self.reference = torch.cat([model(examples.clean[b], attention_mask=examples.valid[b],
-                                              positions=examples.answer[b])
-                                        for b in torch.arange(len(examples)).split(256)])
+        self.reference = full_logits(model, examples, batch_size=256, answers_only=True)
         self.answer_row = torch.full(examples.answer.shape, -1, dtype=torch.long, device=examples.answer.device)
         self.answer_row[examples.answer] = torch.arange(len(self.reference), device=examples.answer.device)
         self.ablated = ablated_writers(model, examples, ablation)  # None, [W,1,S,D] or [W,N,S,D]

@@ -17,9 +17,13 @@ def _batches(n: int, batch_size: int):
 
 
 @torch.no_grad()
-def full_logits(model: Transformer, examples: Examples, *, batch_size: int = 2048) -> torch.Tensor:
-    """The unpruned model's logits ``[N, S, out]`` on the clean prompts."""
-    return torch.cat([model(examples.clean[b], attention_mask=examples.valid[b]) for b in _batches(len(examples), batch_size)])
+def full_logits(model: Transformer, examples: Examples, *, batch_size: int = 2048,
+                answers_only: bool = False) -> torch.Tensor:
+    """The unpruned model's logits ``[N, S, out]`` on the clean prompts; with ``answers_only``,
+    only at the answer positions, ``[K, out]`` in row-major order (``examples.answer.nonzero()``)."""
+    return torch.cat([model(examples.clean[b], attention_mask=examples.valid[b],
+                            positions=examples.answer[b] if answers_only else None)
+                      for b in _batches(len(examples), batch_size)])
 
 
 @torch.no_grad()
