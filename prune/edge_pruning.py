@@ -79,10 +79,11 @@ mostly zero; the defaults make the score-function signal usable.
   bisected to hit the target sparsity for language models). A Tracr program's
   functional ground truth is defined by exact reproduction of the decoded
   outputs, and the exact binarisation holds the learned circuit to that same
-  criterion on the training set: if the thresholded circuit does not reproduce
-  every output, it grows along the learned ranking (decreasing log-alpha) to
-  the shortest prefix that does; then every kept edge whose removal keeps
-  every output is dropped, lowest log-alpha first, until none is left. The
+  criterion on the training set: while the circuit does not reproduce every
+  output, the shortest prefix of the learned ranking (decreasing log-alpha)
+  that repairs it is found by bisection and its last edge, one the circuit
+  needs, is added; then every kept edge whose removal keeps every output is
+  dropped, lowest log-alpha first, until none is left. The
   learned ranking decides what the repair tries first, so a good ranking
   costs one evaluation of the training set per kept edge and changes nothing.
   Where training falls short (the query/key edges of ``shuffle_dyck2``'s
@@ -469,12 +470,15 @@ class EdgePruner:
     def _exact_binarisation(self, keep: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """The smallest change to ``keep`` that reproduces the model on the training set.
 
-        First, if the thresholded circuit does not reproduce every decoded
-        output, grow it along the learned ranking (edges by decreasing
-        log-alpha) to the shortest prefix that does (a bisection; the full
-        graph always does). Then drop, lowest log-alpha first and repeatedly
-        until nothing changes, every kept edge whose removal keeps every output,
-        so each remaining edge is necessary given the others.
+        First, while the circuit does not reproduce every decoded output, find
+        by bisection the shortest prefix of the learned ranking (edges by
+        decreasing log-alpha) whose union with the circuit does (the full graph
+        always does), and add that prefix's last edge: without it the prefix
+        fails, so the circuit needs it. Each repair costs one bisection and adds
+        one edge, instead of a whole prefix to be pruned back. Then drop, lowest
+        log-alpha first and repeatedly until nothing changes, every kept edge
+        whose removal keeps every output, so each remaining edge is necessary
+        given the others.
         """
         model, ex, abl = self.model, self.examples, self.ablated
         ref = full_logits(model, ex)  # every position: agreement is judged on the decoded outputs
@@ -506,36 +510,30 @@ class EdgePruner:
         order = torch.argsort(scores, descending=True, stable=True)
         keep = keep.clone()
         added: list[int] = []
-        if not faithful(keep):
+        hi = len(order)  # keep | order[:hi] is faithful (the full graph always is)
+        while not faithful(keep):
+            # The shortest prefix of the ranking that, added to keep, is faithful; its last edge is
+            # one that keep lacks (without it the prefix fails), so it joins keep, and the search
+            # repeats within that prefix until keep is faithful: one bisection per edge added.
+            lo = 0  # keep | order[:lo] (= keep) is not faithful
+
             def prefix(k: int) -> torch.Tensor:
                 m = keep.clone()
                 m[order[:k]] = True
                 return m
 
-            lo, hi = 0, len(order)  # prefix(lo) fails (it adds nothing to keep), prefix(hi) is the full graph
             while hi - lo > 1:
                 mid = (lo + hi) // 2
                 if faithful(prefix(mid)):
                     hi = mid
                 else:
                     lo = mid
-            grown = prefix(hi)
-            added = [i for i in reversed(order.tolist()) if grown[i] and not keep[i]]  # lowest log-alpha first
-            keep = grown
-
-        def drop(block: list[int]) -> None:
-            """Remove ``block`` if the circuit stays faithful without it, else try each half."""
-            keep[block] = False
-            if faithful(keep):
-                return
-            keep[block] = True
-            if len(block) > 1:
-                drop(block[: len(block) // 2])
-                drop(block[len(block) // 2:])
+            edge = int(order[hi - 1])
+            keep[edge] = True
+            added.append(edge)
+            hi -= 1  # keep | order[:hi] is the faithful prefix just found
 
         grown_size = int(keep.sum())
-        if added:  # most of a grown prefix is not needed: a block that can go costs one evaluation
-            drop(added)
         changed = True
         while changed:  # then one edge at a time, lowest log-alpha first, until a pass removes nothing
             changed = False

@@ -194,8 +194,10 @@ class _Grads:
         self.writers: torch.Tensor | None = None  # [W, B, S, D]
         self.mask: torch.Tensor | None = None  # like z
 
-    def start(self) -> None:  # by the last read's backward, which runs first
-        self.writers = torch.zeros_like(self.stack)
+    def start(self, n: int) -> None:  # by the last read's backward, which runs first and reads n writers
+        # Rows :n are about to be written whole by that read (no need to zero them).
+        self.writers = torch.empty_like(self.stack)
+        self.writers[n:].zero_()
         self.mask = torch.zeros_like(self.z)
 
 
@@ -251,8 +253,9 @@ class _ReadWriters(torch.autograd.Function):
         n, r0, r1, stack, ablated, grads = ctx.n, ctx.r0, ctx.r1, ctx.stack, ctx.ablated, ctx.grads
         R, B, S, D = grad.shape
         per_example = z.ndim == 3
-        if r1 == z.shape[-1] or grads.writers is None:  # the last read's backward comes first: start afresh
-            grads.start()
+        fresh = r1 == z.shape[-1] or grads.writers is None
+        if fresh:  # the last read's backward comes first: start afresh
+            grads.start(n)
         zz = z[:, :n, r0:r1] if per_example else z[:n, r0:r1]
         g = grad.reshape(R, B, S * D).transpose(0, 1) if per_example else grad.reshape(R, -1)  # [B, R, SD] / [R, BSD]
         if ctx.needs_input_grad[0]:
@@ -275,19 +278,55 @@ class _ReadWriters(torch.autograd.Function):
         if any(ctx.needs_input_grad[8:]):
             if per_example:  # writer w of example b gets zz[b, w, :] @ g[b]
                 acc = grads.writers[:n].view(n, B, S * D).transpose(0, 1)  # [B, n, SD]
-                if R == 1:  # an outer product: a broadcast multiply-add is much faster than bmm on CPU
-                    acc.addcmul_(zz, g)
-                else:
-                    acc.baddbmm_(zz, g)
+                if R == 1:  # an outer product: a broadcast multiply(-add) is much faster than bmm on CPU
+                    torch.mul(zz, g, out=acc) if fresh else acc.addcmul_(zz, g)
+                elif fresh:
+                    acc.copy_(torch.bmm(zz, g))
+                else:  # on CPU, baddbmm_ into this strided view runs one addmm per example (2-4x slower)
+                    acc.add_(torch.bmm(zz, g))
             else:
                 acc = grads.writers[:n].view(n, -1)
-                if R == 1:
+                if fresh:
+                    torch.outer(zz[:, 0], g[0], out=acc) if R == 1 else torch.mm(zz, g, out=acc)
+                elif R == 1:
                     acc.addr_(zz[:, 0], g[0])
                 else:
                     acc.addmm_(zz, g)
             news = list(grads.writers[ctx.first : n].split(ctx.sizes))
         grad_mask = grads.mask if r0 == 0 and ctx.needs_input_grad[0] else None
         return (grad_mask, None, None, None, None, None, None, None, *news)
+
+
+def _read_shared(z, r0, r1, stack, ablated, ablated_sums, n):
+    """``_ReadWriters.forward`` for one mask shared by the batch, without gradients (evaluation).
+
+    A circuit's mask is mostly zeros, so only the writers with a non-zero entry
+    in these readers' columns are read; with the ablated writers' running sums
+    (``ablated_sums[k]`` = sum of the first k), ``(1 - z).T @ ablated`` is
+    ``ablated_sums[n] - z.T @ ablated`` over those same writers.
+    """
+    _, B, S, D = stack.shape
+    R = r1 - r0
+    zz = z[:n, r0:r1]  # [n, R]
+    used = zz.ne(0).any(1).nonzero().flatten()
+    if len(used) == 0:
+        out = stack.new_zeros(R, B * S * D)
+    elif len(used) == n:  # nothing to skip: read as the dense path does, without copying rows
+        zu = zz.t()
+        out = zu @ stack[:n].view(n, -1)
+        used = slice(0, n)
+    else:
+        zu = zz.index_select(0, used).t()  # [R, u]
+        out = zu @ stack.index_select(0, used).view(len(used), -1)  # [R, B*S*D]
+    if ablated is not None:
+        Ba = ablated.shape[1]
+        ab = ablated_sums[n].view(1, -1).expand(R, -1)  # [R, B'*S*D]
+        if isinstance(used, slice):
+            ab = ab - zu @ ablated[:n].view(n, -1)
+        elif len(used):
+            ab = ab - zu @ ablated.index_select(0, used).view(len(used), -1)
+        out = (out.view(R, B, -1) + ab.view(R, Ba, -1)).view(R, -1)
+    return out.view(R, B, S, D)
 
 
 class Transformer(nn.Module):
@@ -517,9 +556,18 @@ class Transformer(nn.Module):
             pending.append(out)
             written = first + n
 
+        # Without gradients and with one mask for the batch (evaluating a circuit), read sparsely.
+        sparse = z.ndim == 2 and not (torch.is_grad_enabled() and (z.requires_grad or any(
+            p.requires_grad for p in self.parameters())))
+        ablated_sums = None
+        if sparse and ablated is not None:  # [W + 1, B', S, D]: sums of the first k ablated writers
+            ablated_sums = torch.cat([torch.zeros_like(ablated[:1]), ablated.cumsum(0)])
+
         def read(r0: int, r1: int) -> torch.Tensor:  # readers r0:r1 over the writers so far -> [R, B, S, D]
             new = list(pending)
             pending.clear()
+            if sparse:
+                return _read_shared(z, r0, r1, stack, ablated, ablated_sums, written)
             first = written - sum(b.shape[0] for b in new)
             return _ReadWriters.apply(z, r0, r1, stack, ablated, written, grads, first, *new)
 

@@ -92,16 +92,20 @@ def test_circuit_mask_matches_naive_reference(cfg, seed, ablation, data):
     g = model.graph
     S = data.draw(st.integers(1, 6))
     clean, corrupt = torch.randint(0, cfg.vocab_size, (2, 3, S))
-    keep = data.draw(st.lists(st.booleans(), min_size=g.n_edges, max_size=g.n_edges))
+    # binary (a circuit) or soft gates, with zeros either way
+    keep = data.draw(st.lists(st.sampled_from([0.0, 1.0, 0.3]), min_size=g.n_edges, max_size=g.n_edges))
     z = torch.tensor(keep, dtype=torch.float64)
     ablated = None
     if ablation == "resample":
         ablated = model.writers(corrupt)
     elif ablation == "mean":
         ablated = model.writers(corrupt).mean(1, keepdim=True)
-    got = model(clean, edge_mask=z, ablated=ablated)
     want = naive_masked(model, clean, g.dense(z), ablated)
-    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    with torch.no_grad():  # evaluation: sparse reads over the writers with a non-zero gate
+        torch.testing.assert_close(model(clean, edge_mask=z, ablated=ablated), want, atol=ATOL, rtol=0)
+    # training: the dense reads whose backward accumulates gradients
+    got = model(clean, edge_mask=z.clone().requires_grad_(), ablated=ablated)
+    torch.testing.assert_close(got.detach(), want, atol=ATOL, rtol=0)
 
 
 @given(configs(), st.integers(0, 2**16))
