@@ -476,9 +476,9 @@ class EdgePruner:
         always does), and add that prefix's last edge: without it the prefix
         fails, so the circuit needs it. Each repair costs one bisection and adds
         one edge, instead of a whole prefix to be pruned back. Then drop, lowest
-        log-alpha first and repeatedly until nothing changes, every kept edge
-        whose removal keeps every output, so each remaining edge is necessary
-        given the others.
+        log-alpha first, every kept edge whose removal keeps every output, in
+        passes until each remaining edge has been found necessary given all the
+        others.
         """
         model, ex, abl = self.model, self.examples, self.ablated
         ref = full_logits(model, ex)  # every position: agreement is judged on the decoded outputs
@@ -534,15 +534,18 @@ class EdgePruner:
             hi -= 1  # keep | order[:hi] is the faithful prefix just found
 
         grown_size = int(keep.sum())
-        changed = True
-        while changed:  # then one edge at a time, lowest log-alpha first, until a pass removes nothing
-            changed = False
-            for i in [i for i in reversed(order.tolist()) if keep[i]]:
+        # Then one edge at a time, lowest log-alpha first, until every kept edge has been found
+        # necessary since the last removal (an edge found necessary before a later removal is
+        # tried again in the next pass).
+        necessary: set[int] = set()
+        while todo := [i for i in reversed(order.tolist()) if keep[i] and i not in necessary]:
+            for i in todo:
                 keep[i] = False
                 if faithful(keep):
-                    changed = True
+                    necessary.clear()
                 else:
                     keep[i] = True
+                    necessary.add(i)
         return keep, {"added": len(added), "removed": grown_size - int(keep.sum()), "evaluations": evaluations}
 
     def circuit(self) -> Circuit:

@@ -297,17 +297,18 @@ class _ReadWriters(torch.autograd.Function):
         return (grad_mask, None, None, None, None, None, None, None, *news)
 
 
-def _read_shared(z, r0, r1, stack, ablated, ablated_sums, n):
+def _read_shared(z, readers, stack, ablated, ablated_sums, n):
     """``_ReadWriters.forward`` for one mask shared by the batch, without gradients (evaluation).
 
-    A circuit's mask is mostly zeros, so only the writers with a non-zero entry
+    ``readers``: the columns of ``z`` to read, a slice or ``[R]`` indices. A
+    circuit's mask is mostly zeros, so only the writers with a non-zero entry
     in these readers' columns are read; with the ablated writers' running sums
     (``ablated_sums[k]`` = sum of the first k), ``(1 - z).T @ ablated`` is
     ``ablated_sums[n] - z.T @ ablated`` over those same writers.
     """
     _, B, S, D = stack.shape
-    R = r1 - r0
-    zz = z[:n, r0:r1]  # [n, R]
+    zz = z[:n, readers] if isinstance(readers, slice) else z[:n].index_select(1, readers)  # [n, R]
+    R = zz.shape[1]
     used = zz.ne(0).any(1).nonzero().flatten()
     if len(used) == 0:
         out = stack.new_zeros(R, B * S * D)
@@ -381,15 +382,21 @@ class Transformer(nn.Module):
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin
 
-    def _attention(self, block: Block, xq, xk, xv, attention_mask, rotary):
+    def _attention(self, block: Block, xq, xk, xv, attention_mask, rotary, heads=None):
         """Per-head outputs ``[H, B, S, D]`` (bias share included).
 
         ``xq``/``xk``/``xv`` are normed inputs, either shared ``[B, S, D]`` (plain)
         or one per query head ``[H, B, S, D]`` (masked, ungrouped key/value).
+        ``heads`` (masked only): the query heads to run, ``[h]`` indices, when
+        the inputs are those heads' only; the output is then ``[h, B, S, D]``.
         """
         cfg = self.cfg
         H, G = cfg.n_heads, cfg.kv_heads
         group = H // G
+        W_Q, b_Q, W_O = block.W_Q, block.b_Q, block.W_O
+        if heads is not None:
+            W_Q, W_O, b_Q = W_Q[heads], W_O[heads], None if b_Q is None else b_Q[heads]
+        n = W_Q.shape[0]  # query heads run
 
         def project(x, W, b, n):  # -> [B, n, S, E]; matmuls (einsum is slow on CPU here)
             if x.ndim == 3:  # one input for all heads
@@ -401,21 +408,21 @@ class Transformer(nn.Module):
                 y = y.view(n, -1, Bx, Sx).permute(2, 0, 3, 1)
             return y if b is None else y + b[None, :, None, :]
 
-        def expand(W, b):  # key/value weights of the group, per query head
-            if group == 1:
+        def expand(W, b):  # key/value weights of the group, per query head run
+            if group == 1 and heads is None:
                 return W, b
-            idx = torch.arange(H, device=W.device) // group
+            idx = (torch.arange(H, device=W.device) if heads is None else heads) // group
             return W[idx], None if b is None else b[idx]
 
-        q = project(xq, block.W_Q, block.b_Q, H)
+        q = project(xq, W_Q, b_Q, n)
         if xk.ndim == 3:  # shared input: project G heads once, then repeat
             k = project(xk, block.W_K, block.b_K, G).repeat_interleave(group, dim=1)
         else:
-            k = project(xk, *expand(block.W_K, block.b_K), H)
+            k = project(xk, *expand(block.W_K, block.b_K), n)
         if xv.ndim == 3:
             v = project(xv, block.W_V, block.b_V, G).repeat_interleave(group, dim=1)
         else:
-            v = project(xv, *expand(block.W_V, block.b_V), H)
+            v = project(xv, *expand(block.W_V, block.b_V), n)
         if rotary is not None:
             q, k = self._apply_rotary(q, *rotary), self._apply_rotary(k, *rotary)
         S = q.shape[2]
@@ -425,9 +432,9 @@ class Transformer(nn.Module):
         if attention_mask is not None:
             key_ok = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, S]
             mask = key_ok if mask is None else (mask & key_ok)
-        z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, S, E]
+        z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, n, S, E]
         Bz, _, Sz, E = z.shape
-        out = torch.matmul(z.transpose(0, 1).reshape(H, Bz * Sz, E), block.W_O).view(H, Bz, Sz, -1)
+        out = torch.matmul(z.transpose(0, 1).reshape(n, Bz * Sz, E), W_O).view(n, Bz, Sz, -1)
         if block.b_O is not None:
             out = out + block.b_O / H
         return out
@@ -533,6 +540,25 @@ class Transformer(nn.Module):
             ablated = ablated.to(self.W_E.dtype)
         return edge_mask.to(self.W_E.dtype), node_mask, ablated
 
+    def _live_writers(self, z: torch.Tensor) -> list[bool]:
+        """Per writer: does its output reach the logits along edges with a non-zero gate in ``z`` ``[W, R]``?"""
+        g, H = self.graph, self.cfg.n_heads
+        nonzero = z.ne(0)
+        needed = torch.zeros(g.n_readers, dtype=torch.bool, device=z.device)  # readers of live nodes
+        needed[g.logits_reader] = True
+        live = [True] * g.n_writers
+        for l in reversed(range(g.n_layers)):  # a node reads only earlier writers: later nodes first
+            wm = g.mlp_writer(l)
+            live[wm] = bool(nonzero[wm, needed].any())
+            if live[wm]:
+                needed[g.mlp_reader(l)] = True
+            w0, r0 = g.head_writer(l, 0), g.head_reader(l, 0, "q")
+            heads = nonzero[w0 : w0 + H][:, needed].any(1)  # [H]
+            live[w0 : w0 + H] = heads.tolist()
+            for k in range(3):  # query, key and value readers of the live heads
+                needed[r0 + k * H : r0 + (k + 1) * H] |= heads
+        return live
+
     def _masked(self, tokens, attention_mask, rotary, edge_mask, node_mask, ablated, positions, return_writers):
         g, cfg = self.graph, self.cfg
         B, S = tokens.shape
@@ -556,32 +582,46 @@ class Transformer(nn.Module):
             pending.append(out)
             written = first + n
 
-        # Without gradients and with one mask for the batch (evaluating a circuit), read sparsely.
+        # Without gradients and with one mask for the batch (evaluating a circuit): read sparsely,
+        # and skip the heads and MLPs whose output no reader takes (they write zeros instead).
         sparse = z.ndim == 2 and not (torch.is_grad_enabled() and (z.requires_grad or any(
             p.requires_grad for p in self.parameters())))
         ablated_sums = None
         if sparse and ablated is not None:  # [W + 1, B', S, D]: sums of the first k ablated writers
             ablated_sums = torch.cat([torch.zeros_like(ablated[:1]), ablated.cumsum(0)])
+        live = self._live_writers(z) if sparse and not return_writers else [True] * g.n_writers  # [W]
 
-        def read(r0: int, r1: int) -> torch.Tensor:  # readers r0:r1 over the writers so far -> [R, B, S, D]
+        def read(readers) -> torch.Tensor:  # the readers (a slice or indices) over the writers so far
             new = list(pending)
             pending.clear()
             if sparse:
-                return _read_shared(z, r0, r1, stack, ablated, ablated_sums, written)
+                return _read_shared(z, readers, stack, ablated, ablated_sums, written)
             first = written - sum(b.shape[0] for b in new)
-            return _ReadWriters.apply(z, r0, r1, stack, ablated, written, grads, first, *new)
+            return _ReadWriters.apply(z, readers.start, readers.stop, stack, ablated, written, grads, first, *new)
 
         write(0, self.embed(tokens).unsqueeze(0))
         for l, block in enumerate(self.blocks):
-            r0 = g.head_reader(l, 0, "q")
-            xq, xk, xv = block.ln1(read(r0, r0 + 3 * H)).split(H)  # each [H, B, S, D]; split, not slices:
-            heads = self._attention(block, xq, xk, xv, attention_mask, rotary)  # its backward is one cat
-            write(g.head_writer(l, 0), heads)
-            rm = g.mlp_reader(l)
-            xm = block.ln2(read(rm, rm + 1).squeeze(0))
-            write(g.mlp_writer(l), self._mlp(block, xm).unsqueeze(0))
+            r0, w0 = g.head_reader(l, 0, "q"), g.head_writer(l, 0)
+            run = [h for h in range(H) if live[w0 + h]]
+            if len(run) == H:
+                xq, xk, xv = block.ln1(read(slice(r0, r0 + 3 * H))).split(H)  # each [H, B, S, D]; split, not
+                heads = self._attention(block, xq, xk, xv, attention_mask, rotary)  # slices: backward is one cat
+            else:  # (sparse only) the live heads' query, key and value readers; the others write zeros
+                heads = stack.new_zeros(H, B, S, cfg.d_model)
+                if run:
+                    idx = torch.tensor(run, device=stack.device)
+                    x = read(torch.cat([r0 + idx, r0 + H + idx, r0 + 2 * H + idx]))
+                    xq, xk, xv = block.ln1(x).split(len(run))
+                    heads[idx] = self._attention(block, xq, xk, xv, attention_mask, rotary, heads=idx)
+            write(w0, heads)
+            rm, wm = g.mlp_reader(l), g.mlp_writer(l)
+            if live[wm]:
+                xm = block.ln2(read(slice(rm, rm + 1)).squeeze(0))
+                write(wm, self._mlp(block, xm).unsqueeze(0))
+            else:
+                write(wm, stack.new_zeros(1, B, S, cfg.d_model))
         rl = g.logits_reader
-        x = read(rl, rl + 1).squeeze(0)  # [B, S, D]
+        x = read(slice(rl, rl + 1)).squeeze(0)  # [B, S, D]
         logits = self.unembed(self.ln_f(x if positions is None else x[positions]))
         return (logits, stack) if return_writers else logits
 
