@@ -1,6 +1,7 @@
 """Benchmarks: recovery time over the library, and one Edge Pruning step on GPT-2-small and Llama shapes.
 
     .venv/bin/python bench/run.py library                 # wall time of recovery per program
+    .venv/bin/python bench/run.py library --programs shuffle_dyck2 --config '{"steps": 150}'
     .venv/bin/python bench/run.py step                    # training step vs plain fwd+bwd, both model shapes
     .venv/bin/python bench/run.py step --model llama --shapes 8x32 --steps 3
     .venv/bin/python bench/run.py all
@@ -38,15 +39,38 @@ def peak_rss_gib() -> float:
 
 
 # ------------------------------------------------------------------ library
-def bench_library(seeds: list[int], ablation: str, threads: int = 2) -> dict:
-    """Recovery of every program with a non-empty ground truth, per seed: time, exact, threshold exact."""
+def bench_library(seeds: list[int], ablation: str, threads: int = 2, programs: list[str] | None = None,
+                  config: dict | None = None) -> dict:
+    """Recovery of every program with a non-empty ground truth, per seed: time, exact, threshold exact.
+
+    ``programs``: only these; ``config``: Edge Pruning with these fields of
+    ``EdgePruningConfig`` changed (e.g. to measure a shorter training run).
+    """
+    import dataclasses
+    import functools
+
     import torch
 
     from groundtruth.artifacts import load_all
     from groundtruth.recovery import recover
+    from prune.edge_pruning import EdgePruningConfig, edge_pruning
 
     torch.set_num_threads(threads)
     arts = load_all()
+    if programs:
+        unknown = sorted(set(programs) - set(arts))
+        if unknown:
+            raise SystemExit(f"unknown --programs {unknown}; choose from {sorted(arts)}")
+        arts = {name: arts[name] for name in programs}
+    pruner = None
+    if config:
+        try:
+            cfg = EdgePruningConfig(**config)
+        except TypeError as err:
+            fields = [f.name for f in dataclasses.fields(EdgePruningConfig)]
+            raise SystemExit(f"--config {config}: {err}; EdgePruningConfig has the fields {fields}") from None
+        pruner = functools.partial(edge_pruning, config=cfg)
+        print(f"Edge Pruning with {config}")
     rows, total, misses = [], 0.0, []
     print(f"| program | edges | exact (of {len(seeds)}) | threshold exact | median s | max s |")
     print("|---|---|---|---|---|---|")
@@ -56,7 +80,7 @@ def bench_library(seeds: list[int], ablation: str, threads: int = 2) -> dict:
             continue
         times, exact, threshold = [], 0, 0
         for seed in seeds:
-            r = recover(name, art.model, art.examples, gt, ablation=ablation, seed=seed)
+            r = recover(name, art.model, art.examples, gt, ablation=ablation, seed=seed, pruner=pruner)
             times.append(r.seconds)
             exact += r.exact
             threshold += bool(r.threshold_exact)
@@ -74,7 +98,8 @@ def bench_library(seeds: list[int], ablation: str, threads: int = 2) -> dict:
           f"threshold circuit exact {sum(r['threshold_exact'] for r in rows)}/{n_runs}")
     for m in misses:
         print(f"not exact: {m}")
-    return {"ablation": ablation, "seeds": seeds, "threads": threads, "library_seconds_per_seed": round(per_seed, 1),
+    return {"ablation": ablation, "seeds": seeds, "threads": threads, "config": config or {},
+            "library_seconds_per_seed": round(per_seed, 1),
             "programs": rows, "misses": misses}
 
 
@@ -219,6 +244,9 @@ def main(argv=None):
     parser.add_argument("part", choices=["library", "step", "all"], nargs="?", default="all")
     parser.add_argument("--seeds", default="0,1,2", help="seeds for the library part: 0,1,2 or 0-9")
     parser.add_argument("--ablation", default="zero", help="ablation for the library part")
+    parser.add_argument("--programs", help="library: only these programs, comma-separated")
+    parser.add_argument("--config", type=json.loads, default=None,
+                        help='library: EdgePruningConfig fields to change, as JSON, e.g. \'{"steps": 150}\'')
     parser.add_argument("--model", default="gpt2,llama", help="step: model shapes, comma-separated (gpt2, llama)")
     parser.add_argument("--shapes", default="8x32,32x64", help="step: batch x length, comma-separated")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per step measurement (the first is a warm-up)")
@@ -233,7 +261,8 @@ def main(argv=None):
     report = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "threads": args.threads,
                           "device": args.device}}
     if args.part in ("library", "all"):
-        report["library"] = bench_library(_seeds(args.seeds), args.ablation, args.threads)
+        programs = args.programs.split(",") if args.programs else None
+        report["library"] = bench_library(_seeds(args.seeds), args.ablation, args.threads, programs, args.config)
     if args.part in ("step", "all"):
         report["step"] = bench_step(args.steps, models, [_shape(s) for s in args.shapes.split(",")], args.threads,
                                     args.device)

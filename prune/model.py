@@ -584,8 +584,9 @@ class Transformer(nn.Module):
 
         # Without gradients and with one mask for the batch (evaluating a circuit): read sparsely,
         # and skip the heads and MLPs whose output no reader takes (they write zeros instead).
-        sparse = z.ndim == 2 and not (torch.is_grad_enabled() and (z.requires_grad or any(
-            p.requires_grad for p in self.parameters())))
+        wants_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (z, node_mask, ablated, *self.parameters()))
+        sparse = z.ndim == 2 and not wants_grad
         ablated_sums = None
         if sparse and ablated is not None:  # [W + 1, B', S, D]: sums of the first k ablated writers
             ablated_sums = torch.cat([torch.zeros_like(ablated[:1]), ablated.cumsum(0)])

@@ -35,20 +35,22 @@ def check(name, ablation, seed, pruner):
 # thresholded circuit on the training set (prune.edge_pruning, ``finalize``).
 # So that the suite still judges what training learned, the default pruner's
 # thresholded circuit (log_alpha > 0, before the repair) must be exact too, at
-# seed 0, except on this known case: on shuffle_dyck2 (1,997 edges, 33 in the
-# zero-ablation ground truth) training leaves the query/key edges of the four
-# layer-1 averaging heads, which change only ~5-12% of the outputs, below the
-# threshold, and the repair restores them (README). The check is strict both
-# ways: it fails when training starts getting shuffle_dyck2 right, so the entry
-# must go.
-THRESHOLD_MISSES = {"shuffle_dyck2"}
+# seed 0, except on these known cases (per ablation): on shuffle_dyck2 (1,997
+# edges, 33 in the zero-ablation ground truth) training leaves the query/key
+# edges of the four layer-1 averaging heads, which change only ~5-12% of the
+# outputs, below the threshold; with the 150-step default, the thresholded
+# circuits of shuffle_dyck (388 edges) and sort_freq (116) at seed 0 under zero
+# ablation differ from the ground truth too (README gives the counts over ten
+# seeds). The repair restores them. The check is strict both ways: it fails
+# when training starts getting one of these right, so the entry must go.
+THRESHOLD_MISSES = {"zero": {"shuffle_dyck2", "shuffle_dyck", "sort_freq"}, "resample": {"shuffle_dyck2"}}
 
 
 def check_threshold(name, result, request):
     if request.config.getoption("--pruner") != DEFAULT_PRUNER:
         return  # another pruner is judged by its final circuit only
     assert result.threshold_exact is not None, "Edge Pruning did not record its thresholded circuit"
-    if name in THRESHOLD_MISSES:
+    if name in THRESHOLD_MISSES[result.ablation]:
         assert not result.threshold_exact, f"{name}: the thresholded circuit is now exact; drop it from THRESHOLD_MISSES"
     else:
         assert result.threshold_exact, (
