@@ -204,11 +204,13 @@ class _Grads:
 class _ReadWriters(torch.autograd.Function):
     """Readers ``r0:r1``'s inputs from the first ``n`` writers, without copying the stack.
 
-    ``stack[:n]`` holds the writers' outputs (filled as they are computed, never
-    rewritten within a forward pass). Forward: ``z.T @ stack[:n] + (1 - z).T @
-    ablated[:n]`` over the readers' columns of the mask ``z`` (``[W, R]``, or
-    ``[B, W, R]`` per example), one matmul over contiguous memory instead of a
-    sum of per-writer copies.
+    ``stack[:n]`` holds each writer's output minus its ablated stand-in (filled
+    as they are computed, never rewritten within a forward pass), and ``base``
+    the sum of the first n stand-ins (``[B', S, D]``, B' in {1, B}; None under
+    zero ablation). Then ``z.T @ clean + (1 - z).T @ ablated = z.T @ stack[:n] +
+    base``: one matmul over contiguous memory per read, under every ablation,
+    over the readers' columns of the mask ``z`` (``[W, R]``, or ``[B, W, R]``
+    per example), instead of a sum of per-writer copies.
 
     Gradients, accumulated in ``grads`` (a :class:`_Grads`): ``new_blocks`` are
     the autograd tensors of the writers written since the previous read,
@@ -222,35 +224,27 @@ class _ReadWriters(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z, r0, r1, stack, ablated, n, grads, first, *new_blocks):
+    def forward(ctx, z, r0, r1, stack, base, n, grads, first, *new_blocks):
         ctx.save_for_backward(z)
         ctx.r0, ctx.r1, ctx.n, ctx.first = r0, r1, n, first
-        ctx.stack, ctx.ablated, ctx.grads = stack, ablated, grads
+        ctx.stack, ctx.grads = stack, grads
         ctx.sizes = [b.shape[0] for b in new_blocks]
         _, B, S, D = stack.shape
         R = r1 - r0
         if z.ndim == 3:  # one mask per example: z [B, W, R_all]
             zz = z[:, :n, r0:r1]
-            clean = stack[:n].reshape(n, B, S * D).transpose(0, 1)  # [B, n, SD]
-            out = torch.bmm(zz.transpose(1, 2), clean)  # [B, R, SD]
-            if ablated is not None:
-                ab = ablated[:n].reshape(n, ablated.shape[1], S * D).transpose(0, 1).expand(B, n, S * D)
-                out.baddbmm_((1 - zz).transpose(1, 2), ab)
-            return out.transpose(0, 1).reshape(R, B, S, D)
+            delta = stack[:n].reshape(n, B, S * D).transpose(0, 1)  # [B, n, SD]
+            out = torch.bmm(zz.transpose(1, 2), delta).transpose(0, 1)  # [R, B, SD]
+            out = out.reshape(R, B, S, D) if base is None else out.view(R, B, S, D) + base
+            return out
         zz = z[:n, r0:r1]
-        out = zz.t() @ stack[:n].reshape(n, -1)  # [R, B*S*D]
-        if ablated is not None:
-            ab = ablated[:n].reshape(n, -1)  # [n, B' * S * D] with B' in {1, B}
-            if ablated.shape[1] == B:
-                out.addmm_((1 - zz).t(), ab)
-            else:
-                out = (out.view(R, B, S * D) + ((1 - zz).t() @ ab).view(R, 1, S * D)).view(R, -1)
-        return out.view(R, B, S, D)
+        out = (zz.t() @ stack[:n].reshape(n, -1)).view(R, B, S, D)  # [R, B*S*D]
+        return out if base is None else out.add_(base)
 
     @staticmethod
     def backward(ctx, grad):
         (z,) = ctx.saved_tensors
-        n, r0, r1, stack, ablated, grads = ctx.n, ctx.r0, ctx.r1, ctx.stack, ctx.ablated, ctx.grads
+        n, r0, r1, stack, grads = ctx.n, ctx.r0, ctx.r1, ctx.stack, ctx.grads
         R, B, S, D = grad.shape
         per_example = z.ndim == 3
         fresh = r1 == z.shape[-1] or grads.writers is None
@@ -260,20 +254,10 @@ class _ReadWriters(torch.autograd.Function):
         g = grad.reshape(R, B, S * D).transpose(0, 1) if per_example else grad.reshape(R, -1)  # [B, R, SD] / [R, BSD]
         if ctx.needs_input_grad[0]:
             if per_example:
-                clean = stack[:n].reshape(n, B, S * D).transpose(0, 1)
-                grad_z = torch.bmm(clean, g.transpose(1, 2))  # [B, n, R]
-                if ablated is not None:
-                    ab = ablated[:n].reshape(n, ablated.shape[1], S * D).transpose(0, 1).expand(B, n, S * D)
-                    grad_z.baddbmm_(ab, g.transpose(1, 2), alpha=-1)
-                grads.mask[:, :n, r0:r1] = grad_z
+                delta = stack[:n].reshape(n, B, S * D).transpose(0, 1)
+                grads.mask[:, :n, r0:r1] = torch.bmm(delta, g.transpose(1, 2))  # [B, n, R]
             else:
-                grad_z = stack[:n].reshape(n, -1) @ g.t()
-                if ablated is not None:
-                    g_ab = g.view(R, B, S * D)
-                    if ablated.shape[1] == 1:
-                        g_ab = g_ab.sum(1, keepdim=True)
-                    grad_z.addmm_(ablated[:n].reshape(n, -1), g_ab.reshape(R, -1).t(), alpha=-1)
-                grads.mask[:n, r0:r1] = grad_z
+                grads.mask[:n, r0:r1] = stack[:n].reshape(n, -1) @ g.t()
         news = [None] * len(ctx.sizes)
         if any(ctx.needs_input_grad[8:]):
             if per_example:  # writer w of example b gets zz[b, w, :] @ g[b]
@@ -564,6 +548,19 @@ class Transformer(nn.Module):
         B, S = tokens.shape
         H = cfg.n_heads
         z, node_mask, ablated = self._check_masks(edge_mask, node_mask, ablated, B, S)
+        # Without gradients and with one mask for the batch (evaluating a circuit): read sparsely,
+        # and skip the heads and MLPs whose output no reader takes (they write zeros instead).
+        wants_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (z, node_mask, ablated, *self.parameters()))
+        sparse = z.ndim == 2 and not wants_grad
+        live = self._live_writers(z) if sparse and not return_writers else [True] * g.n_writers  # [W]
+        ablated_sums = None  # [W + 1, B', S, D]: sums of the first k ablated writers
+        if ablated is not None:  # (accumulated in float32 at least, as a matmul would)
+            sums = ablated.to(torch.promote_types(ablated.dtype, torch.float32)).cumsum(0).to(ablated.dtype)
+            ablated_sums = torch.cat([torch.zeros_like(ablated[:1]), sums])
+        # The stack holds what reads need: the writers' outputs (sparse), or their differences from
+        # the ablated writers (dense: one matmul per read, see _ReadWriters).
+        delta = ablated is not None and not sparse
         stack = self.W_E.new_empty(g.n_writers, B, S, cfg.d_model)  # writers as written
         grads = _Grads(stack, z)
         pending: list[torch.Tensor] = []  # writers' autograd tensors not yet read
@@ -578,19 +575,12 @@ class Transformer(nn.Module):
                 abl = 0 if ablated is None else ablated[first : first + n]
                 out = nm * out + (1 - nm) * abl
             with torch.no_grad():
-                stack[first : first + n] = out
+                if delta:
+                    torch.sub(out, ablated[first : first + n], out=stack[first : first + n])
+                else:
+                    stack[first : first + n] = out
             pending.append(out)
             written = first + n
-
-        # Without gradients and with one mask for the batch (evaluating a circuit): read sparsely,
-        # and skip the heads and MLPs whose output no reader takes (they write zeros instead).
-        wants_grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (z, node_mask, ablated, *self.parameters()))
-        sparse = z.ndim == 2 and not wants_grad
-        ablated_sums = None
-        if sparse and ablated is not None:  # [W + 1, B', S, D]: sums of the first k ablated writers
-            ablated_sums = torch.cat([torch.zeros_like(ablated[:1]), ablated.cumsum(0)])
-        live = self._live_writers(z) if sparse and not return_writers else [True] * g.n_writers  # [W]
 
         def read(readers) -> torch.Tensor:  # the readers (a slice or indices) over the writers so far
             new = list(pending)
@@ -598,7 +588,8 @@ class Transformer(nn.Module):
             if sparse:
                 return _read_shared(z, readers, stack, ablated, ablated_sums, written)
             first = written - sum(b.shape[0] for b in new)
-            return _ReadWriters.apply(z, readers.start, readers.stop, stack, ablated, written, grads, first, *new)
+            base = None if ablated_sums is None else ablated_sums[written]
+            return _ReadWriters.apply(z, readers.start, readers.stop, stack, base, written, grads, first, *new)
 
         write(0, self.embed(tokens).unsqueeze(0))
         for l, block in enumerate(self.blocks):
@@ -624,6 +615,8 @@ class Transformer(nn.Module):
         rl = g.logits_reader
         x = read(slice(rl, rl + 1)).squeeze(0)  # [B, S, D]
         logits = self.unembed(self.ln_f(x if positions is None else x[positions]))
+        if return_writers and delta:
+            stack = stack + ablated  # the writers' own outputs
         return (logits, stack) if return_writers else logits
 
     # ----------------------------------------------------------------- misc
