@@ -91,7 +91,8 @@ mostly zero; the defaults make the score-function signal usable.
   needs, is added; then every kept edge whose removal keeps every output is
   dropped, lowest log-alpha first, until none is left. The
   learned ranking decides what the repair tries first, so a good ranking
-  costs one evaluation of the training set per kept edge and changes nothing.
+  costs at most one evaluation of the training set per kept edge and changes
+  nothing.
   Where training falls short (the query/key edges of ``shuffle_dyck2``'s
   averaging heads end below the threshold) the repair finds them. How often
   the thresholded circuit alone is exact is reported next to every recovery

@@ -17,7 +17,7 @@ from prune.circuit import Circuit
 from prune.data import Examples
 from prune.model import Transformer, TransformerConfig
 
-FAST = ("acdc", "eap", "eap_ig")  # edge_pruning runs only in the compare test (it trains for 300 steps)
+FAST = ("acdc", "eap", "eap_ig")  # edge_pruning runs only in the compare test (it trains for 150 steps)
 
 
 @pytest.fixture(autouse=True)
