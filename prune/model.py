@@ -281,14 +281,14 @@ class _ReadWriters(torch.autograd.Function):
         return (grad_mask, None, None, None, None, None, None, None, *news)
 
 
-def _read_shared(z, readers, stack, ablated, ablated_sums, n):
+def _read_shared(z, readers, stack, ablated, base, n):
     """``_ReadWriters.forward`` for one mask shared by the batch, without gradients (evaluation).
 
-    ``readers``: the columns of ``z`` to read, a slice or ``[R]`` indices. A
-    circuit's mask is mostly zeros, so only the writers with a non-zero entry
-    in these readers' columns are read; with the ablated writers' running sums
-    (``ablated_sums[k]`` = sum of the first k), ``(1 - z).T @ ablated`` is
-    ``ablated_sums[n] - z.T @ ablated`` over those same writers.
+    ``readers``: the columns of ``z`` to read, a slice or ``[R]`` indices;
+    ``stack[:n]`` the writers' outputs. A circuit's mask is mostly zeros, so
+    only the writers with a non-zero entry in these readers' columns are read;
+    with ``base``, the sum of the first n ablated writers, ``(1 - z).T @
+    ablated`` is ``base - z.T @ ablated`` over those same writers.
     """
     _, B, S, D = stack.shape
     zz = z[:n, readers] if isinstance(readers, slice) else z[:n].index_select(1, readers)  # [n, R]
@@ -305,7 +305,7 @@ def _read_shared(z, readers, stack, ablated, ablated_sums, n):
         out = zu @ stack.index_select(0, used).view(len(used), -1)  # [R, B*S*D]
     if ablated is not None:
         Ba = ablated.shape[1]
-        ab = ablated_sums[n].view(1, -1).expand(R, -1)  # [R, B'*S*D]
+        ab = base.reshape(1, -1).expand(R, -1)  # [R, B'*S*D]
         if isinstance(used, slice):
             ab = ab - zu @ ablated[:n].view(n, -1)
         elif len(used):
@@ -554,10 +554,11 @@ class Transformer(nn.Module):
             t is not None and t.requires_grad for t in (z, node_mask, ablated, *self.parameters()))
         sparse = z.ndim == 2 and not wants_grad
         live = self._live_writers(z) if sparse and not return_writers else [True] * g.n_writers  # [W]
-        ablated_sums = None  # [W + 1, B', S, D]: sums of the first k ablated writers
-        if ablated is not None:  # (accumulated in float32 at least, as a matmul would)
-            sums = ablated.to(torch.promote_types(ablated.dtype, torch.float32)).cumsum(0).to(ablated.dtype)
-            ablated_sums = torch.cat([torch.zeros_like(ablated[:1]), sums])
+        # [B', S, D]: the sum of the ablated writers written so far (in float32 at least, as a matmul
+        # would add them); a read of the first n writers takes it as they stand.
+        ablated_sum = None
+        if ablated is not None:
+            ablated_sum = ablated.new_zeros(ablated.shape[1:], dtype=torch.promote_types(ablated.dtype, torch.float32))
         # The stack holds what reads need: the writers' outputs (sparse), or their differences from
         # the ablated writers (dense: one matmul per read, see _ReadWriters).
         delta = ablated is not None and not sparse
@@ -579,16 +580,18 @@ class Transformer(nn.Module):
                     torch.sub(out, ablated[first : first + n], out=stack[first : first + n])
                 else:
                     stack[first : first + n] = out
+                if ablated_sum is not None:
+                    ablated_sum.add_(ablated[first : first + n].sum(0, dtype=ablated_sum.dtype))
             pending.append(out)
             written = first + n
 
         def read(readers) -> torch.Tensor:  # the readers (a slice or indices) over the writers so far
             new = list(pending)
             pending.clear()
+            base = None if ablated_sum is None else ablated_sum.to(stack.dtype)  # a copy when it converts
             if sparse:
-                return _read_shared(z, readers, stack, ablated, ablated_sums, written)
+                return _read_shared(z, readers, stack, ablated, base, written)
             first = written - sum(b.shape[0] for b in new)
-            base = None if ablated_sums is None else ablated_sums[written]
             return _ReadWriters.apply(z, readers.start, readers.stop, stack, base, written, grads, first, *new)
 
         write(0, self.embed(tokens).unsqueeze(0))
