@@ -562,7 +562,7 @@ class Transformer(nn.Module):
         # The stack holds what reads need: the writers' outputs (sparse), or their differences from
         # the ablated writers (dense: one matmul per read, see _ReadWriters).
         delta = ablated is not None and not sparse
-        stack = self.W_E.new_empty(g.n_writers, B, S, cfg.d_model)  # writers as written
+        stack = self.W_E.new_empty(g.n_writers, B, S, cfg.d_model)  # writers as written (minus ablated if delta)
         grads = _Grads(stack, z)
         pending: list[torch.Tensor] = []  # writers' autograd tensors not yet read
         written = 0  # writers in the stack so far
