@@ -294,25 +294,19 @@ def _read_shared(z, readers, stack, ablated, base, n):
     zz = z[:n, readers] if isinstance(readers, slice) else z[:n].index_select(1, readers)  # [n, R]
     R = zz.shape[1]
     used = zz.ne(0).any(1).nonzero().flatten()
-    if len(used) == 0:
-        out = stack.new_zeros(R, B * S * D)
-    elif len(used) == n:  # nothing to skip: read as the dense path does, without copying rows
-        zu = zz.t()
-        out = zu @ stack[:n].view(n, -1)
-        used = slice(0, n)
-    else:
-        zu = zz.index_select(0, used).t()  # [R, u]
-        out = zu @ stack.index_select(0, used).view(len(used), -1)  # [R, B*S*D]
+
+    def rows(t: torch.Tensor) -> torch.Tensor:  # the used writers' rows of t, [u, ...]; no copy when all are
+        return t[:n] if len(used) == n else t.index_select(0, used)
+
+    zu = rows(zz).t()  # [R, u]
+    out = zu @ rows(stack).reshape(len(used), -1) if len(used) else stack.new_zeros(R, B * S * D)  # [R, B*S*D]
     if ablated is not None:
         Ba = ablated.shape[1]
         ab = base.reshape(1, -1).expand(R, -1)  # [R, B'*S*D]
-        if isinstance(used, slice):
-            ab = ab - zu @ ablated[:n].view(n, -1)
-        elif len(used):
-            ab = ab - zu @ ablated.index_select(0, used).view(len(used), -1)
+        if len(used):
+            ab = ab - zu @ rows(ablated).reshape(len(used), -1)
         out = (out.view(R, B, -1) + ab.view(R, Ba, -1)).view(R, -1)
     return out.view(R, B, S, D)
-
 
 class Transformer(nn.Module):
     """Decoder-only transformer; ``forward`` runs plain or masked (see module doc)."""
