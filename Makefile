@@ -3,14 +3,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-deep build bench bench-methods clean
+.PHONY: demo test lint test-slow test-deep build bench bench-methods clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# Exactly this torch: the local CPU build (a looser pin pulls CUDA wheels).
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[tracr,hf,plot,test]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -18,6 +18,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# ruff (ruff.toml): pyflakes, pycodestyle, import order, bugbear, pyupgrade.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 # The slow tests: recovery of every library program over ten seeds, both ablations.
 test-slow: $(STAMP)

@@ -63,7 +63,7 @@ def run_one(prog, pruner) -> dict:
     r = recover(prog.name, case.model, case.examples, gt, ablation="zero", seed=0, pruner=pruner)
     row.update(recovery="exact" if r.exact else "inexact", found=len(r.found), precision=round(r.precision, 3),
                recall=round(r.recall, 3), reproduces=round(r.reproduces, 4), prune_s=round(r.seconds, 2),
-               threshold_exact=r.threshold_exact)
+               own_exact=r.own_exact)
     if not r.exact:
         row["reason"] = (f"not exact: extra {list(r.only_found)}, missed {list(r.only_ground_truth)}, "
                          f"reproduces {r.reproduces:.3f}")
@@ -135,9 +135,9 @@ def main(argv=None) -> int:
     categorical = [r for r in rows if r["recovery"] in ("exact", "inexact") and not r["numerical"]]
     for label, group in (("numerical output", numerical), ("categorical output", categorical)):
         print(f"| recovered exactly, {label} | {pct(sum(r['recovery'] == 'exact' for r in group), len(group))} |")
-    if any(r.get("threshold_exact") is not None for r in rows):
-        threshold = sum(bool(r.get("threshold_exact")) for r in rows if r["recovery"] in ("exact", "inexact"))
-        print(f"| thresholded circuit (before the exact binarisation) already exact | {pct(threshold, ran)} |")
+    if any(r.get("own_exact") is not None for r in rows):
+        threshold = sum(bool(r.get("own_exact")) for r in rows if r["recovery"] in ("exact", "inexact"))
+        print(f"| thresholded circuit (before the exact finalizer) already exact | {pct(threshold, ran)} |")
     failures = [r for r in rows if r["reason"]]
     if failures:
         print(f"\n### Failures ({len(failures)})\n")

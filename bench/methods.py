@@ -172,7 +172,7 @@ def _measure_gpt2(method: str, opts: dict) -> dict:
     if method in ("eap", "eap_ig"):
         from prune.baselines import eap, eap_ig
 
-        kw = {"ablation": ablation, "top_k": opts["top_k"], "batch_size": opts["eap_batch"]}
+        kw = {"ablation": ablation, "top_k": opts["top_k"], "batch_size": opts["eap_batch"], "finalize": "own"}
         if method == "eap_ig":
             kw["steps"] = opts["ig_steps"]
         with _Clock() as c:
@@ -182,20 +182,17 @@ def _measure_gpt2(method: str, opts: dict) -> dict:
         out.update(unit="whole run", unit_wall_s=c.wall, unit_cpu_s=c.cpu, edges=len(circuit),
                    full="measured", full_wall_s=c.wall, full_cpu_s=c.cpu, how=how)
     elif method == "acdc":
-        from prune.ablation import ablated_writers
-        from prune.baselines import faithfulness
-        from prune.evaluate import full_logits
+        from prune.evaluate import Evaluator
 
         with _Clock() as setup, torch.no_grad():
-            reference = full_logits(model, examples)
-            ablated = ablated_writers(model, examples, ablation)
+            evaluator = Evaluator(model, examples, ablation)
         mask = torch.ones(n_edges)
         removed = iter(range(n_edges - 1, -1, -1))
 
         def evaluate():  # as ACDC does per edge: one more edge removed, the circuit's faithfulness
             mask[next(removed)] = 0.0
             with torch.no_grad():
-                faithfulness(model, examples, mask, ablation, ablated=ablated, reference=reference)
+                evaluator.faithfulness(mask)
 
         wall, cpu = _median_clock(evaluate, opts["acdc_evals"])
         evals = n_edges + 1
@@ -211,7 +208,7 @@ def _measure_gpt2(method: str, opts: dict) -> dict:
             pruner = EdgePruner(model, examples, ablation=ablation, seed=opts["seed"], config=config)
         wall, cpu = _median_clock(pruner.step, opts["ep_steps"])
         with _Clock() as binarise:
-            circuit = pruner.circuit()  # finalize="threshold": log_alpha > 0, dead ends dropped
+            circuit = pruner.circuit()  # finalize="own": log_alpha > 0, dead ends dropped
         out.update(unit=f"one training step (median of {opts['ep_steps']})", unit_wall_s=wall, unit_cpu_s=cpu,
                    setup_wall_s=setup.wall, setup_cpu_s=setup.cpu, binarise_wall_s=binarise.wall,
                    config={k: getattr(config, k) for k in ("batch_size", "shared_gates", "samples", "score_function",

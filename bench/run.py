@@ -41,7 +41,7 @@ def peak_rss_gib() -> float:
 # ------------------------------------------------------------------ library
 def bench_library(seeds: list[int], ablation: str, threads: int = 2, programs: list[str] | None = None,
                   config: dict | None = None) -> dict:
-    """Recovery of every program with a non-empty ground truth, per seed: time, exact, threshold exact.
+    """Recovery of every program with a non-empty ground truth, per seed: time, exact, own (thresholded) exact.
 
     ``programs``: only these; ``config``: Edge Pruning with these fields of
     ``EdgePruningConfig`` changed (e.g. to measure a shorter training run).
@@ -72,7 +72,7 @@ def bench_library(seeds: list[int], ablation: str, threads: int = 2, programs: l
         pruner = functools.partial(edge_pruning, config=cfg)
         print(f"Edge Pruning with {config}")
     rows, total, misses = [], 0.0, []
-    print(f"| program | edges | exact (of {len(seeds)}) | threshold exact | median s | max s |")
+    print(f"| program | edges | exact (of {len(seeds)}) | own exact | median s | max s |")
     print("|---|---|---|---|---|---|")
     for name, art in arts.items():
         gt = art.functional(ablation)
@@ -83,19 +83,19 @@ def bench_library(seeds: list[int], ablation: str, threads: int = 2, programs: l
             r = recover(name, art.model, art.examples, gt, ablation=ablation, seed=seed, pruner=pruner)
             times.append(r.seconds)
             exact += r.exact
-            threshold += bool(r.threshold_exact)
+            threshold += bool(r.own_exact)
             if not r.exact:
                 misses.append({"program": name, "seed": seed, "extra": r.only_found, "missed": r.only_ground_truth})
         total += sum(times)
         rows.append({"program": name, "edges": art.model.graph.n_edges, "median_s": round(statistics.median(times), 2),
-                     "max_s": round(max(times), 2), "exact": exact, "threshold_exact": threshold})
+                     "max_s": round(max(times), 2), "exact": exact, "own_exact": threshold})
         print(f"| {name} | {art.model.graph.n_edges} | {exact}/{len(seeds)} | {threshold}/{len(seeds)} | "
               f"{statistics.median(times):.1f} | {max(times):.1f} |", flush=True)
     per_seed = total / len(seeds)
     n_runs = len(rows) * len(seeds)
     print(f"\nwhole library, {ablation} ablation, {threads} threads: {per_seed:.1f} s per seed (seeds {seeds}); "
           f"slowest median {max(r['median_s'] for r in rows):.2f} s; exact {sum(r['exact'] for r in rows)}/{n_runs}; "
-          f"threshold circuit exact {sum(r['threshold_exact'] for r in rows)}/{n_runs}")
+          f"own (thresholded) circuit exact {sum(r['own_exact'] for r in rows)}/{n_runs}")
     for m in misses:
         print(f"not exact: {m}")
     return {"ablation": ablation, "seeds": seeds, "threads": threads, "config": config or {},
@@ -221,14 +221,6 @@ def bench_step(steps: int, models: list[str], shapes: list[tuple[int, int]], thr
     return results
 
 
-def _seeds(text: str) -> list[int]:
-    """``0,1,2`` or ``0-9``."""
-    if "-" in text:
-        first, _, last = text.partition("-")
-        return list(range(int(first), int(last) + 1))
-    return [int(s) for s in text.split(",")]
-
-
 def _shape(text: str) -> tuple[int, int]:
     batch, _, length = text.partition("x")
     return int(batch), int(length)
@@ -240,17 +232,20 @@ def main(argv=None):
         batch, length, steps, threads = map(int, sys.argv[4:8])
         print(json.dumps(_one_measurement(kind, shape, batch, length, steps, threads, sys.argv[8])))
         return 0
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from groundtruth.cli import parse_seeds
+    from prune._cli import ArgumentParser, positive_int
+
+    parser = ArgumentParser(prog="bench/run.py", description=__doc__.splitlines()[0])
     parser.add_argument("part", choices=["library", "step", "all"], nargs="?", default="all")
-    parser.add_argument("--seeds", default="0,1,2", help="seeds for the library part: 0,1,2 or 0-9")
+    parser.add_argument("--seeds", type=parse_seeds, default="0,1,2", help="seeds for the library part: 0,1,2 or 0-9")
     parser.add_argument("--ablation", default="zero", help="ablation for the library part")
     parser.add_argument("--programs", help="library: only these programs, comma-separated")
     parser.add_argument("--config", type=json.loads, default=None,
                         help='library: EdgePruningConfig fields to change, as JSON, e.g. \'{"steps": 150}\'')
     parser.add_argument("--model", default="gpt2,llama", help="step: model shapes, comma-separated (gpt2, llama)")
     parser.add_argument("--shapes", default="8x32,32x64", help="step: batch x length, comma-separated")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per step measurement (the first is a warm-up)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--steps", type=positive_int, default=5, help="timed steps per step measurement (the first is a warm-up)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="step: cpu or cuda (peak memory: RSS on cpu, allocated on cuda)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -258,11 +253,17 @@ def main(argv=None):
     unknown = [m for m in models if m not in SHAPES]
     if unknown:
         parser.error(f"unknown --model {unknown}; choose from {list(SHAPES)}")
+    if args.device != "cpu":
+        import torch
+
+        if not args.device.startswith("cuda") or not torch.cuda.is_available():
+            parser.error(f"--device {args.device!r}: this torch build has no usable {args.device} device "
+                         f"(cuda available: {torch.cuda.is_available()}); use --device cpu")
     report = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "threads": args.threads,
                           "device": args.device}}
     if args.part in ("library", "all"):
         programs = args.programs.split(",") if args.programs else None
-        report["library"] = bench_library(_seeds(args.seeds), args.ablation, args.threads, programs, args.config)
+        report["library"] = bench_library(args.seeds, args.ablation, args.threads, programs, args.config)
     if args.part in ("step", "all"):
         report["step"] = bench_step(args.steps, models, [_shape(s) for s in args.shapes.split(",")], args.threads,
                                     args.device)

@@ -137,6 +137,26 @@ def _examples_tensors(ex: Examples) -> dict[str, torch.Tensor]:
     }
 
 
+_BUILDING = ".building"  # suffix of the temporary folders of a build in progress
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_builds(root: Path, name: str) -> list[Path]:
+    """Remove the temporary folders (``.<name>.*.building``) a killed build of ``name`` left in ``root``.
+
+    Only this program's: a build of another program may be running beside it.
+    """
+    stale = [p for p in root.glob(f".{name}.*{_BUILDING}") if p.is_dir() and not p.is_symlink()]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
+
+
 def save_case(case, root: Path | str = DEFAULT_ROOT) -> Path:
     """Write ``case`` to ``root/<name>/`` atomically; returns the folder."""
     import importlib.metadata as md
@@ -144,7 +164,8 @@ def save_case(case, root: Path | str = DEFAULT_ROOT) -> Path:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / case.program.name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{case.program.name}.", dir=root))
+    remove_stale_builds(root, case.program.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{case.program.name}.", suffix=_BUILDING, dir=root))
     try:
         save_file(_state_dict(case.model), str(tmp / "model.safetensors"))
         save_file(_examples_tensors(case.examples), str(tmp / "examples.safetensors"))
@@ -159,9 +180,9 @@ def save_case(case, root: Path | str = DEFAULT_ROOT) -> Path:
             "files_sha256": {f: _sha256(tmp / f) for f in ARTIFACT_FILES},
         }
         (tmp / "provenance.json").write_text(_dumps(provenance))
-        os.chmod(tmp, 0o755)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; a folder that others can read, per the umask
         if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{case.program.name}.old.", dir=root))
+            old = Path(tempfile.mkdtemp(prefix=f".{case.program.name}.old.", suffix=_BUILDING, dir=root))
             os.rename(final, old / "x")
             os.rename(tmp, final)
             shutil.rmtree(old)
@@ -182,9 +203,21 @@ def _read_json(path: Path) -> dict:
         raise ArtifactError(f"{path} is not valid JSON ({err}); rebuild with `groundtruth build`") from None
 
 
-def load_artifact(path: Path | str) -> Artifact:
-    """Load one artifact folder, checking hashes, JSON and tensor shapes."""
-    path = Path(path)
+def _artifact_path(name_or_path: Path | str) -> Path:
+    """A bare name (no path separator) is a program in ``compiled_models/``; anything else a folder."""
+    if isinstance(name_or_path, str) and name_or_path and os.sep not in name_or_path and "/" not in name_or_path:
+        path = DEFAULT_ROOT / name_or_path
+        if not path.is_dir():
+            known = sorted(p.name for p in DEFAULT_ROOT.iterdir() if p.is_dir() and not p.name.startswith("."))
+            raise ArtifactError(f"no compiled program named {name_or_path!r} in {DEFAULT_ROOT}; "
+                                f"choose one of {', '.join(known)}, or give a folder path")
+        return path
+    return Path(name_or_path)
+
+
+def load_artifact(name_or_path: Path | str) -> Artifact:
+    """Load one artifact, by library name (``"reverse"``) or folder path, checking hashes, JSON and shapes."""
+    path = _artifact_path(name_or_path)
     if not path.is_dir():
         raise ArtifactError(f"no artifact folder at {path}")
     provenance = _read_json(path / "provenance.json")
@@ -195,6 +228,8 @@ def load_artifact(path: Path | str) -> Artifact:
         f = path / fname
         if not f.exists():
             raise ArtifactError(f"{f} is missing; rebuild with `groundtruth build`")
+        if not f.is_file():  # a FIFO or a device would block the hash below forever
+            raise ArtifactError(f"{f} is not a regular file; rebuild with `groundtruth build {path.name}`")
         if _sha256(f) != hashes[fname]:
             raise ArtifactError(
                 f"{f} does not match its hash in provenance.json: the file was modified or "
@@ -211,13 +246,18 @@ def load_artifact(path: Path | str) -> Artifact:
     except (KeyError, TypeError, ValueError) as err:
         raise ArtifactError(f"{path / 'config.json'}: bad model config: {err}") from None
     model = Transformer(cfg)
-    state = load_file(str(path / "model.safetensors"))
+    state = _load_tensors(path / "model.safetensors")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ArtifactError(f"{path / 'model.safetensors'} does not fit the config: {err}") from None
+        raise ArtifactError(f"{path / 'model.safetensors'} does not fit the config: {' '.join(str(err).split())}"
+                            ) from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ArtifactError(f"{path / 'model.safetensors'}: weight {bad[0]} has NaN or infinite values; "
+                            f"rebuild with `groundtruth build {path.name}`")
     model.requires_grad_(False).eval()
-    t = load_file(str(path / "examples.safetensors"))
+    t = _load_tensors(path / "examples.safetensors")
     try:
         examples = Examples(
             clean=t["clean"].long(), corrupted=t["corrupted"].long(), valid=t["valid"].bool(),
@@ -237,6 +277,14 @@ def load_artifact(path: Path | str) -> Artifact:
             except KeyError as err:
                 raise ArtifactError(f"{path / 'circuits.json'}: {variant}: {err.args[0]}") from None
     return Artifact(path.name, path, model, examples, config, variants, provenance)
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as err:  # noqa: BLE001 (safetensors raises its own error types for a bad file)
+        raise ArtifactError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err}); "
+                            f"rebuild with `groundtruth build {path.parent.name}`") from None
 
 
 def load_all(root: Path | str = DEFAULT_ROOT) -> dict[str, Artifact]:

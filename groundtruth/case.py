@@ -13,7 +13,7 @@ import time
 import torch
 
 from groundtruth.circuits import Verification, functional_edges, semantic_edges, structural_edges, verify
-from groundtruth.compiler import COMPILER_PAD, NUMERICAL_ATOL, Compiled, compile_program
+from groundtruth.compiler import COMPILER_PAD, Compiled, compile_program
 from groundtruth.convert import to_torch
 from groundtruth.program import Program
 from prune.ablation import ABLATIONS
@@ -61,7 +61,7 @@ def make_examples(compiled: Compiled, inputs=None) -> Examples:
         valid=valid,
         answer=answer,
         kind="numerical" if compiled.numerical else "categorical",
-        atol=NUMERICAL_ATOL,
+        atol=prog.atol,
     )
 
 
@@ -93,7 +93,7 @@ def check_conversion(compiled: Compiled, model: Transformer, examples: Examples,
     for i, (seq, expected) in enumerate(zip(inputs, want)):
         got = decoded[i, 1 : len(seq) + 1].tolist()
         if compiled.numerical:
-            ok = all(abs(a - b) <= NUMERICAL_ATOL for a, b in zip(got, expected))
+            ok = all(abs(a - b) <= compiled.program.atol for a, b in zip(got, expected))
         else:
             ok = [compiled.output_values[int(v)] for v in got] == expected
         if not ok:

@@ -20,9 +20,8 @@ import dataclasses
 
 import torch
 
-from prune.ablation import ablated_writers
 from prune.data import Examples
-from prune.evaluate import circuit_agreement, full_logits
+from prune.evaluate import Evaluator
 from prune.model import Transformer
 
 __all__ = [
@@ -101,7 +100,7 @@ def functional_edges(
     ablation: str,
     *,
     start: list[str] | None = None,
-    reference: torch.Tensor | None = None,
+    evaluator: Evaluator | None = None,
 ) -> list[str]:
     """Remove edges from ``start`` (default: structural) while every output stays exact.
 
@@ -110,10 +109,9 @@ def functional_edges(
     every remaining edge is necessary given the others.
     """
     g = model.graph
-    reference = full_logits(model, examples) if reference is None else reference
-    ablated = ablated_writers(model, examples, ablation)
+    ev = evaluator or Evaluator(model, examples, ablation)
     keep = g.edge_mask(structural_edges(model) if start is None else start)
-    if not bool(circuit_agreement(model, examples, keep, ablation, reference=reference, ablated=ablated).all()):
+    if not ev.reproduces(keep):
         raise RuntimeError(
             f"the starting circuit ({int(keep.sum())} edges) does not reproduce the model under "
             f"{ablation} ablation; the structural ground truth is wrong for this model"
@@ -130,7 +128,7 @@ def functional_edges(
             if keep[i] == 0:
                 continue
             keep[i] = 0
-            if bool(circuit_agreement(model, examples, keep, ablation, reference=reference, ablated=ablated).all()):
+            if ev.reproduces(keep):
                 changed = True
             else:
                 keep[i] = 1
@@ -160,21 +158,19 @@ class Verification:
         return self.sufficient and not self.inert
 
 
-def verify(model: Transformer, examples: Examples, edges: list[str], ablation: str) -> Verification:
+def verify(model: Transformer, examples: Examples, edges: list[str], ablation: str, *,
+           evaluator: Evaluator | None = None) -> Verification:
     """(i) the circuit alone reproduces every output; (ii) each edge is needed on some input."""
     g = model.graph
-    reference = full_logits(model, examples)
-    ablated = ablated_writers(model, examples, ablation)
+    ev = evaluator or Evaluator(model, examples, ablation)
     mask = g.edge_mask(edges)
-    agree = circuit_agreement(model, examples, mask, ablation, reference=reference, ablated=ablated)
+    agree = ev.agreement(mask)
     failures = torch.nonzero(~agree).flatten().tolist()
     necessary = {}
     for name in edges:
         without = mask.clone()
         without[g.edge_position(name)] = 0
-        necessary[name] = not bool(
-            circuit_agreement(model, examples, without, ablation, reference=reference, ablated=ablated).all()
-        )
+        necessary[name] = not bool(ev.agreement(without).all())
     return Verification(
         ablation=ablation,
         n_examples=len(examples),

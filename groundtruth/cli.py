@@ -6,20 +6,99 @@
   groundtruth recover [SPEC ...] [--ablations zero,resample] [--seeds 0,1] [--pruner MOD:FN] [--report FILE]
                                                 does a pruner recover the ground truth exactly?
   groundtruth demo                              recover the whole library (zero and resample ablation)
+  groundtruth compare [--methods edge_pruning,acdc,eap,eap_ig] [--ablation zero] [--programs a,b] [--out DIR]
+                                                every method on the library, its own circuit and the finalized one
 
 SPEC is a library name, ``FILE.py`` (every program in it) or ``FILE.py:NAME``.
+SEEDS is ``0``, ``0,1,2``, ``0-9`` or a mix (``0-3,7``).
+
+Every bad argument or input prints one line ``error: ...`` naming the value
+and what to do, and exits 2, before any work is done where it can be known
+then; exit 1 means the run completed and a recovery was not exact (or a
+ground truth did not verify).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
-__all__ = ["main"]
+from prune._cli import MAX_SEED, ArgumentParser, positive_int
+
+__all__ = ["main", "parse_seeds"]
+
+# One intra-op thread by default: the library's models are tiny, so a second thread gains little
+# idle, and on busy cores two threads that spin-wait on every small op collapse (docs/performance.md).
+DEFAULT_THREADS = 1
+
+
+class UsageError(Exception):
+    """A bad argument or input: one line on stderr, exit status 2."""
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``0``, ``0,1,2``, ``0-9`` or a mix such as ``0-3,7``; non-negative, each once, at least one."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        first, dash, last = part.partition("-")
+        try:
+            if not part:
+                raise ValueError
+            values = range(int(first), int(last) + 1) if dash else [int(part)]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--seeds {text!r}: {part!r} is not a seed; give non-negative integers like 0, 0,1,2 or 0-9"
+            ) from None
+        if dash and int(last) < int(first):
+            raise argparse.ArgumentTypeError(f"--seeds {text!r}: the range {part!r} is empty; write it low-high")
+        seeds.extend(values)
+    if any(not 0 <= s <= MAX_SEED for s in seeds):
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: seeds must be whole numbers from 0 to {MAX_SEED}")
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds {text!r} lists a seed twice")
+    return seeds
+
+
+def _ablations(text: str) -> list[str]:
+    from prune.ablation import ABLATIONS
+
+    names = [a.strip() for a in text.split(",")]
+    bad = [a for a in names if a not in ABLATIONS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"--ablations {text!r}: unknown ablation {bad[0]!r}; "
+                                         f"choose from {', '.join(ABLATIONS)}, comma-separated")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"--ablations {text!r} lists an ablation twice")
+    return names
+
+
+def _ablation(text: str) -> str:
+    (name,) = _ablations(text) if "," not in text else (None,)
+    if name is None:
+        raise argparse.ArgumentTypeError(f"--ablation {text!r}: give one ablation (zero, mean or resample)")
+    return name
+
+
+def _report_path(path: Path | None) -> None:
+    """Refuse a report path that cannot be written, before any work."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"--report {path} is a folder; give a file name, e.g. {path / 'recovery.json'}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise UsageError(f"--report {path}: {parent} is not a folder")
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--report {path}: cannot write in {probe}; choose a writable place")
 
 
 def _case_row(case) -> dict:
@@ -41,7 +120,8 @@ def _case_row(case) -> dict:
     return row
 
 
-def _print_table(rows: list[dict], out=sys.stdout) -> None:
+def _print_table(rows: list[dict], out=None) -> None:
+    out = out or sys.stdout  # at call time: tests and callers may have replaced sys.stdout
     if not rows:
         return
     cols = list(rows[0])
@@ -52,49 +132,50 @@ def _print_table(rows: list[dict], out=sys.stdout) -> None:
         print("| " + " | ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols) + " |", file=out)
 
 
-def _cases(specs, quiet):
-    from groundtruth.case import build_case
+def _programs(specs):
+    """Resolve every spec before any work (an unknown name or a bad file fails here)."""
     from groundtruth.registry import library, resolve
 
-    programs = [p for s in specs for p in resolve(s)] if specs else list(library().values())
+    if not specs:
+        return list(library().values())
+    programs = [p for s in specs for p in resolve(s)]
+    names = [p.name for p in programs]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise UsageError(f"program {dup!r} is named twice in {' '.join(specs)}; name each program once")
+    return programs
+
+
+def _cases(programs, quiet):
+    from groundtruth.case import build_case
+
     for prog in tqdm(programs, desc="programs", disable=quiet, file=sys.stderr):
         yield prog, build_case(prog)
 
 
 def cmd_build(args) -> int:
     from groundtruth.artifacts import save_case
-    from groundtruth.compiler import ProgramError
 
+    programs = _programs(args.programs)
     rows = []
-    try:
-        for prog, case in _cases(args.programs, args.quiet):
-            save_case(case, args.out)
-            rows.append(_case_row(case))
-    except (ProgramError, FileNotFoundError, KeyError, ValueError) as err:
-        _print_table(rows)
-        print(f"error: {err}; nothing was written for that program", file=sys.stderr)
-        return 2
+    for prog, case in _cases(programs, args.quiet):
+        save_case(case, args.out)
+        rows.append(_case_row(case))
     _print_table(rows)
     return 0 if all(r["verified"] == "yes" for r in rows) else 1
 
 
 def cmd_check(args) -> int:
-    from groundtruth.compiler import ProgramError
-
     rows, failed = [], False
-    try:
-        for prog, case in _cases(args.specs, args.quiet):
-            rows.append(_case_row(case))
-            for variant, edges in case.circuits.items():
-                print(f"{prog.name} {variant} ({len(edges)} edges): {', '.join(edges) or '-'}")
-            for ablation, v in case.verifications.items():
-                if not v.ok:
-                    failed = True
-                    print(f"{prog.name} functional:{ablation} NOT verified: reproduces "
-                          f"{v.n_reproduced}/{v.n_examples}, inert {v.inert}")
-    except (ProgramError, FileNotFoundError, KeyError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    for prog, case in _cases(_programs(args.specs), args.quiet):
+        rows.append(_case_row(case))
+        for variant, edges in case.circuits.items():
+            print(f"{prog.name} {variant} ({len(edges)} edges): {', '.join(edges) or '-'}")
+        for ablation, v in case.verifications.items():
+            if not v.ok:
+                failed = True
+                print(f"{prog.name} functional:{ablation} NOT verified: reproduces "
+                      f"{v.n_reproduced}/{v.n_examples}, inert {v.inert}")
     _print_table(rows)
     return 1 if failed else 0
 
@@ -106,7 +187,11 @@ def cmd_table(args) -> int:
     from groundtruth.case import VARIANTS
     from groundtruth.registry import library
 
+    if not args.root.is_dir():
+        raise UsageError(f"--root {args.root} is not a folder of compiled programs")
     arts = load_all(args.root)
+    if not arts:
+        raise UsageError(f"--root {args.root} holds no compiled program; build some with `groundtruth build`")
     order = [n for n in library() if n in arts] + sorted(set(arts) - set(library()))
     rows = []
     for name in order:
@@ -125,52 +210,62 @@ def cmd_table(args) -> int:
 
 
 def _targets(specs):
-    """(name, model, examples, circuits) for library artifacts (torch only) or program files."""
-    from groundtruth.artifacts import DEFAULT_ROOT, load_artifact
-    from groundtruth.registry import library
+    """(name, model, examples, circuits) for library artifacts (torch only) or program files.
+
+    Library names are checked and their artifacts loaded before any work; program files are
+    resolved first too (their compilation comes later, one at a time).
+    """
+    from groundtruth.artifacts import load_artifact
+    from groundtruth.registry import library, resolve
 
     names = list(library()) if not specs else []
+    files = []
     for spec in specs:
         if spec.endswith(".py") or ".py:" in spec:
-            from groundtruth.case import build_case
-            from groundtruth.registry import resolve
-
-            for prog in resolve(spec):
-                case = build_case(prog)
-                yield prog.name, case.model, case.examples, case.circuits
+            files.extend(resolve(spec))
         else:
             names.append(spec)
-    for name in names:
-        art = load_artifact(DEFAULT_ROOT / name)
-        yield name, art.model, art.examples, art.circuits
+    lib = library()
+    unknown = [n for n in names if n not in lib]
+    if unknown:
+        raise UsageError(f"no library program {unknown[0]!r}; choose from {', '.join(lib)} or give FILE.py[:NAME]")
+    arts = [load_artifact(n) for n in names]
+    dup = {n for n in [*names, *(p.name for p in files)] if [*names, *(p.name for p in files)].count(n) > 1}
+    if dup:
+        raise UsageError(f"program {sorted(dup)[0]!r} is named twice; name each program once")
+
+    def generate():
+        from groundtruth.case import build_case
+
+        for prog in files:
+            case = build_case(prog)
+            yield prog.name, case.model, case.examples, case.circuits
+        for art in arts:
+            yield art.name, art.model, art.examples, art.circuits
+
+    return generate()
 
 
 def cmd_recover(args) -> int:
     import json
-    import os
-    import tempfile
 
     import torch
 
     from groundtruth.recovery import load_pruner, recover
+    from prune.files import atomic_write_text
 
-    torch.set_num_threads(args.threads)
+    _report_path(args.report)
     pruner = load_pruner(args.pruner)
-    ablations = [a for a in args.ablations.split(",") if a]
-    seeds = [int(s) for s in args.seeds.split(",") if s]
+    torch.set_num_threads(args.threads)
+    ablations, seeds = args.ablations, args.seeds
+    targets = _targets(args.specs)
     results, skipped, rows = [], [], []
-    try:
-        targets = list(_targets(args.specs))
-    except (KeyError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     runs = [(t, a, s) for t in targets for a in ablations for s in seeds]
     for (name, model, examples, circuits), ablation, seed in tqdm(runs, desc="recovery", disable=args.quiet,
                                                                  file=sys.stderr):
         gt = circuits.get(f"functional:{ablation}")
         if gt is None:
-            print(f"error: {name} has no functional:{ablation} ground truth", file=sys.stderr)
-            return 2
+            raise UsageError(f"{name} has no functional:{ablation} ground truth; it has {sorted(circuits)}")
         if not gt:
             if seed == seeds[0]:
                 skipped.append(f"{name} ({ablation}: the ground truth is empty, nothing to recover)")
@@ -178,6 +273,9 @@ def cmd_recover(args) -> int:
         result = recover(name, model, examples, gt, ablation=ablation, seed=seed, pruner=pruner)
         results.append(result)
         rows.append(result.row())
+    if not results:
+        raise UsageError(f"nothing to recover: every ground truth asked for is empty ({'; '.join(skipped)}); "
+                         f"choose other programs or ablations")
     _print_table(rows)
     for s in skipped:
         print(f"skipped: {s}")
@@ -190,20 +288,33 @@ def cmd_recover(args) -> int:
     if args.report:
         report = {"pruner": args.pruner, "ablations": ablations, "seeds": seeds, "exact": exact,
                   "runs": len(results), "skipped": skipped, "results": [r.to_dict() for r in results]}
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=args.report.parent, prefix=f".{args.report.name}.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(report, f, indent=1)
-        os.replace(tmp, args.report)
+        atomic_write_text(args.report, json.dumps(report, indent=1) + "\n")
         print(f"report: {args.report}")
     return 0 if exact == len(results) else 1
 
 
-def main(argv=None) -> int:
-    from groundtruth.artifacts import DEFAULT_ROOT
+def cmd_compare(args) -> int:
+    import torch
 
-    parser = argparse.ArgumentParser(prog="groundtruth", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    from groundtruth.compare import compare
+
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    compare(args.methods, args.ablation, programs=args.programs, seed=args.seed, out_dir=args.out,
+            plot=args.plot, quiet=args.quiet)
+    if not args.quiet:
+        print(f"written: {args.out / 'compare.md'}, {args.out / 'compare.json'}"
+              + (f", {args.out / f'compare_{args.plot}.png'}" if args.plot else ""), file=sys.stderr)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    from groundtruth.artifacts import DEFAULT_ROOT
+    from groundtruth.compare import DEFAULT_OUT
+    from groundtruth.recovery import DEFAULT_PRUNER
+
+    parser = ArgumentParser(prog="groundtruth", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     p = sub.add_parser("build", help="compile programs into compiled_models/")
     p.add_argument("programs", nargs="*", help="library names or FILE.py[:NAME] (default: the whole library)")
     p.add_argument("--out", type=Path, default=DEFAULT_ROOT)
@@ -221,16 +332,49 @@ def main(argv=None) -> int:
         p = sub.add_parser(name, help=help_)
         if name == "recover":
             p.add_argument("specs", nargs="*", help="library names or FILE.py[:NAME] (default: the library)")
-        p.add_argument("--ablations", default="zero,resample")
-        p.add_argument("--seeds", default="0", help="comma-separated seeds")
-        p.add_argument("--pruner", default="prune.edge_pruning:edge_pruning", help="module:callable")
+        p.add_argument("--ablations", type=_ablations, default="zero,resample", help="comma-separated")
+        p.add_argument("--seeds", type=parse_seeds, default="0", help="0, 0,1,2, 0-9 or a mix")
+        p.add_argument("--pruner", default=DEFAULT_PRUNER, help="module:callable (a prune.Pruner)")
         p.add_argument("--report", type=Path, default=Path("out/recovery.json") if name == "demo" else None)
-        p.add_argument("--threads", type=int, default=2)
+        p.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS, help="torch CPU threads")
         p.add_argument("--quiet", action="store_true")
         p.set_defaults(func=cmd_recover, specs=[])
-    args = parser.parse_args(argv)
+    p = sub.add_parser("compare", help="every method on the library: its own circuit and the finalized one")
+    p.add_argument("--methods", default="edge_pruning,acdc,eap,eap_ig", help="comma-separated method names")
+    p.add_argument("--ablation", type=_ablation, default="zero", help="zero, mean or resample")
+    p.add_argument("--programs", default=None, help="comma-separated library programs (default: all)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for compare.md/.json/.png")
+    p.add_argument("--plot", default=None, metavar="PROGRAM", help="also plot faithfulness vs edges for it")
+    p.add_argument("--seed", type=parse_seeds, default="0", help="one seed")
+    p.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_compare)
+    return parser
+
+
+def main(argv=None) -> int:
+    from groundtruth.artifacts import ArtifactError
+    from groundtruth.compiler import ProgramError
+    from groundtruth.recovery import PrunerError
+    from prune.circuit import CircuitFileError
+
+    args = _parser().parse_args(argv)
+    if args.command == "compare":
+        if len(args.seed) != 1:
+            print(f"error: --seed takes one seed, got {args.seed}", file=sys.stderr)
+            return 2
+        args.seed = args.seed[0]
     start = time.perf_counter()
-    code = args.func(args)
+    try:
+        code = args.func(args)
+    except (UsageError, ValueError, KeyError, FileNotFoundError, ArtifactError, ProgramError, PrunerError,
+            CircuitFileError, OSError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written for the run in progress", file=sys.stderr)
+        return 130
     if getattr(args, "quiet", False) is False:
         print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return code

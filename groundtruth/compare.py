@@ -2,67 +2,54 @@
 
 ::
 
-    python -m groundtruth.compare --methods edge_pruning,acdc,eap,eap_ig --ablation zero \\
+    groundtruth compare --methods edge_pruning,acdc,eap,eap_ig --ablation zero \\
         [--programs a,b] [--out DIR] [--plot PROGRAM] [--seed 0] [--threads 1]
 
-Every method of :data:`prune.baselines.METHODS` named in ``--methods`` runs with
-its defaults on every library artifact (or those in ``--programs``); programs
-whose ground truth for the ablation is empty are skipped. One row per
-(program, method):
+Every method of :data:`prune.baselines.METHODS` named in ``--methods`` runs
+with its defaults and ``finalize="own"`` on every library artifact (or those in
+``--programs``); programs whose ground truth for the ablation is empty are
+skipped. Its own circuit then goes through the shared exact finalizer
+(:mod:`prune.finalize`) along the method's ranking, so each method is reported
+both ways, like for like. One row per (program, method):
 
-- ``exact``: the circuit's edges equal the functional ground truth and the
-  circuit reproduces the decoded outputs on every example (as ``recover``);
-- ``threshold exact``: Edge Pruning only (``-`` for the others): whether its
-  thresholded circuit (``log_alpha > 0``), before the exact binarisation
-  (``EdgePruningConfig.finalize = "exact"``) adds or drops edges on the
-  training set, already equals the ground truth; ``exact`` is after it;
-- ``precision``, ``recall``: of the method's own circuit against the ground truth;
+- ``own``, ``own exact``: the size of the method's own circuit (Edge Pruning:
+  ``log_alpha > 0``; EAP, EAP-IG: the smallest reproducing top-k; ACDC: its
+  greedy pass) and whether it equals the ground truth and reproduces every
+  output;
+- ``final``, ``exact``: the same after the shared finalizer;
+- ``evals``: the evaluations of the whole evaluation set the finalizer needed
+  (the quality of the ranking: one per kept edge plus one when the own circuit
+  is already the ground truth); ``own evals``: those the method's own rule
+  spent on the same criterion (EAP's top-k scan, ACDC's tries; Edge Pruning
+  spends none, it trains);
+- ``precision``, ``recall``: of the own circuit against the ground truth;
 - ``auroc``: edge AUROC of the method's scores against ground-truth membership
-  (:func:`prune.baselines.edge_auroc` of :func:`prune.baselines.ranking`:
-  ``|score|`` for EAP, EAP-IG and ACDC, the signed log-alpha for Edge Pruning);
+  (:func:`prune.baselines.edge_auroc` of :func:`prune.baselines.ranking`);
 - ``faithfulness``: mean KL(full || circuit) (categorical) or squared error
-  (numerical) of the method's circuit;
-- ``seconds``: wall time of the method.
+  (numerical) of the own circuit;
+- ``seconds``: wall time of the method; ``final s``: of the finalizer.
 
 The table is printed (markdown) and written to ``DIR/compare.md`` and
 ``DIR/compare.json`` (default ``out/compare``), each atomically. ``--plot
 PROGRAM`` also writes ``DIR/compare_<PROGRAM>.png``: faithfulness against edge
 count per method; score-based methods give their top-k circuits by
-:func:`prune.baselines.ranking` over a range of k, ACDC the circuits of :func:`prune.baselines.acdc_sweep`.
-``--threads`` (default 1) sets torch's intra-op threads. Exit code 0 on
-success, 2 on bad arguments.
+:func:`prune.baselines.ranking` over a range of k, ACDC the circuits of
+:func:`prune.baselines.acdc_sweep`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 from tqdm import tqdm
 
-from prune.files import save_figure
+from prune.files import atomic_write_text, save_figure
 
-__all__ = ["compare", "main", "DEFAULT_OUT"]
+__all__ = ["compare", "DEFAULT_OUT"]
 
 DEFAULT_OUT = Path("out/compare")
-
-
-def _atomic_write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _markdown(rows: list[dict]) -> str:
@@ -109,25 +96,21 @@ def _plot(path: Path, program: str, art, ablation: str, circuits: dict, gt_size:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from prune.ablation import ablated_writers
-    from prune.baselines import acdc_sweep, faithfulness, ranking, top_k_mask
-    from prune.evaluate import full_logits
+    from prune.baselines import acdc_sweep, ranking, top_k_mask
+    from prune.evaluate import Evaluator
 
     model, examples = art.model, art.examples
-    reference = full_logits(model, examples)
-    ablated = ablated_writers(model, examples, ablation)
+    evaluator = Evaluator(model, examples, ablation)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, circuit in circuits.items():
         if name == "acdc":
-            _, swept = acdc_sweep(model, examples, ablation=ablation)
-            pts = sorted((len(c), faithfulness(model, examples, c.mask(), ablation, ablated=ablated,
-                                               reference=reference), c.metadata["tau"]) for c in swept)
+            _, swept = acdc_sweep(model, examples, ablation=ablation, finalize="own")
+            pts = sorted((len(c), evaluator.faithfulness(c.mask()), c.metadata["tau"]) for c in swept)
             ax.plot([p[0] for p in pts], [max(p[1], 0.0) for p in pts], "o--", label="acdc (tau sweep)")
             continue
         scores = ranking(circuit)
         ks = _curve_ks(len(scores))
-        ys = [max(faithfulness(model, examples, top_k_mask(scores, k, absolute=False), ablation, ablated=ablated,
-                               reference=reference), 0.0) for k in ks]
+        ys = [max(evaluator.faithfulness(top_k_mask(scores, k, absolute=False)), 0.0) for k in ks]
         ax.plot(ks, ys, "-", label=f"{name} (top-k)")
     ax.axvline(gt_size, color="grey", linestyle=":", label=f"ground truth ({gt_size} edges)")
     ax.set_xscale("log")
@@ -148,28 +131,36 @@ def compare(methods, ablation: str, *, programs=None, seed: int = 0, out_dir=DEF
     """Run ``methods`` (names or a comma list) on the library; write the table; return its rows.
 
     Rows hold raw numbers (``auroc`` is None where the ground truth covers every
-    edge); ``details`` lists the extra and missed edges.
+    edge); ``details`` lists the extra and missed edges of both circuits.
     """
     from groundtruth.artifacts import DEFAULT_ROOT, load_artifact
     from groundtruth.recovery import recover
     from groundtruth.registry import library
     from prune.ablation import check_ablation
-    from prune.baselines import edge_auroc, faithfulness, ranking
+    from prune.baselines import edge_auroc, ranking
+    from prune.evaluate import Evaluator
+    from prune.finalize import finalize
 
     check_ablation(ablation)
     fns = _resolve_methods(methods)
     root = Path(root) if root is not None else DEFAULT_ROOT
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file; give a folder")
     if programs is None:
         available = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
         names = [n for n in library() if n in available] + sorted(available - set(library()))
     else:
-        names = [p for p in programs.split(",") if p] if isinstance(programs, str) else list(programs)
-        if not names:
-            raise ValueError(f"no programs given (got {programs!r})")
+        names = [p.strip() for p in programs.split(",")] if isinstance(programs, str) else list(programs)
+        if not names or any(not n for n in names):
+            raise ValueError(f"--programs {programs!r}: give program names, comma-separated")
+        if len(set(names)) != len(names):
+            raise ValueError(f"--programs {programs!r} lists a program twice")
     if plot is not None and plot not in names:
         raise ValueError(f"--plot {plot!r} is not among the programs compared ({', '.join(names)})")
     arts = {n: load_artifact(root / n) for n in names}  # fail early on a bad name
+    if all(not arts[n].functional(ablation) for n in names):
+        raise ValueError(f"every {ablation} ground truth of {', '.join(names)} is empty: nothing to compare")
 
     rows, skipped, plot_circuits = [], [], {}
     runs = [(n, m) for n in names for m in fns]
@@ -182,24 +173,35 @@ def compare(methods, ablation: str, *, programs=None, seed: int = 0, out_dir=DEF
             continue
         found = {}
 
-        def capture(model, examples, **kw):
-            found["circuit"] = fns[method](model, examples, **kw)
+        def own(model, examples, **kw):
+            found["circuit"] = fns[method](model, examples, finalize="own", **kw)
             return found["circuit"]
 
-        result = recover(name, art.model, art.examples, gt, ablation=ablation, seed=seed, pruner=capture)
+        result = recover(name, art.model, art.examples, gt, ablation=ablation, seed=seed, pruner=own)
         circuit = found["circuit"]
+        evaluator = Evaluator(art.model, art.examples, ablation)
+        final = finalize(circuit, evaluator, ranking(circuit))
+        final_cmp = final.compare(gt)
+        final_exact = final_cmp.exact and bool(evaluator.agreement(final.mask()).all())
         gt_mask = art.model.graph.edge_mask(gt)
         auroc = None
-        if circuit.scores is not None and 0 < len(gt) < art.model.graph.n_edges:
+        if 0 < len(gt) < art.model.graph.n_edges:
             auroc = edge_auroc(ranking(circuit), gt_mask, absolute=False)
+        info = final.metadata["finalize"]
         rows.append({
-            "program": name, "method": method, "gt edges": len(gt), "found": len(circuit.edges),
-            "exact": result.exact, "threshold exact": result.threshold_exact,
+            "program": name, "method": method, "gt edges": len(gt),
+            "own": len(circuit.edges), "own exact": result.exact,
+            "final": len(final.edges), "exact": final_exact,
+            "evals": info["evaluations"], "own evals": circuit.metadata.get("own_evaluations", 0),
             "precision": result.precision, "recall": result.recall, "auroc": auroc,
-            "faithfulness": faithfulness(art.model, art.examples, circuit.mask(), ablation),
-            "seconds": round(result.seconds, 3),
-            "details": {"only_found": list(result.only_found), "only_ground_truth": list(result.only_ground_truth),
-                        "reproduces": result.reproduces, "metadata": circuit.metadata},
+            "faithfulness": evaluator.faithfulness(circuit.mask()),
+            "seconds": round(result.seconds, 3), "final s": info["seconds"],
+            "details": {"own_only_found": list(result.only_found),
+                        "own_only_ground_truth": list(result.only_ground_truth),
+                        "final_only_found": list(final_cmp.only_found),
+                        "final_only_ground_truth": list(final_cmp.only_reference),
+                        "reproduces": result.reproduces, "finalize": info,
+                        "metadata": {k: v for k, v in circuit.metadata.items() if k != "history"}},
         })
         if name == plot:
             plot_circuits[method] = circuit
@@ -207,9 +209,10 @@ def compare(methods, ablation: str, *, programs=None, seed: int = 0, out_dir=DEF
     md = _markdown(rows)
     if skipped:
         md += f"\nskipped ({ablation} ground truth empty): {', '.join(skipped)}\n"
-    _atomic_write(out_dir / "compare.md", md.encode())
+    md += _summary(rows)
+    atomic_write_text(out_dir / "compare.md", md)
     report = {"ablation": ablation, "seed": seed, "methods": list(fns), "skipped": skipped, "rows": rows}
-    _atomic_write(out_dir / "compare.json", (json.dumps(report, indent=1, default=str) + "\n").encode())
+    atomic_write_text(out_dir / "compare.json", json.dumps(report, indent=1, default=str) + "\n")
     if plot is not None and plot_circuits:
         _plot(out_dir / f"compare_{plot}.png", plot, arts[plot], ablation, plot_circuits,
               len(arts[plot].functional(ablation)))
@@ -218,36 +221,13 @@ def compare(methods, ablation: str, *, programs=None, seed: int = 0, out_dir=DEF
     return rows
 
 
-def main(argv=None) -> int:
-    import torch
-
-    parser = argparse.ArgumentParser(prog="python -m groundtruth.compare", description=__doc__.split("\n")[0])
-    parser.add_argument("--methods", default="edge_pruning,acdc,eap,eap_ig", help="comma-separated method names")
-    parser.add_argument("--ablation", default="zero", help="zero, mean or resample")
-    parser.add_argument("--programs", default=None, help="comma-separated library programs (default: all)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for compare.md/.json/.png")
-    parser.add_argument("--plot", default=None, metavar="PROGRAM", help="also plot faithfulness vs edges for it")
-    parser.add_argument("--seed", type=int, default=0)
-    # One thread: the library's models are tiny, so a second thread gains little, and on a busy
-    # machine two threads spin-wait on every small op (ACDC on `sort`: 0.18 s with one thread,
-    # 8-22 s with two, measured with another job running).
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    try:
-        compare(args.methods, args.ablation, programs=args.programs, seed=args.seed, out_dir=args.out,
-                plot=args.plot, quiet=args.quiet)
-    except (KeyError, ValueError) as err:
-        print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
-        return 2
-    if not args.quiet:
-        print(f"written: {args.out / 'compare.md'}, {args.out / 'compare.json'}"
-              + (f", {args.out / f'compare_{args.plot}.png'}" if args.plot else ""), file=sys.stderr)
-        print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def _summary(rows: list[dict]) -> str:
+    """Per method: exact own / finalized circuits and the finalizer's evaluations in all."""
+    lines = ["", "| method | own exact | finalized exact | finalizer evaluations | own-rule evaluations | seconds |",
+             "|---|---|---|---|---|---|"]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        rs = [r for r in rows if r["method"] == method]
+        lines.append(f"| {method} | {sum(r['own exact'] for r in rs)}/{len(rs)} | {sum(r['exact'] for r in rs)}/{len(rs)} "
+                     f"| {sum(r['evals'] for r in rs)} | {sum(r['own evals'] for r in rs)} "
+                     f"| {sum(r['seconds'] + r['final s'] for r in rs):.1f} |")
+    return "\n".join(lines) + "\n"

@@ -1,8 +1,9 @@
 """Compile a :class:`Program` with Tracr, stage by stage, and check it against RASP.
 
-Tracr's ``compile_rasp_to_model`` returns only the assembled model. We run the
-same passes ourselves so the RASP graph and the craft model are kept (the ground
-truth and the report need them):
+Tracr's ``compile_rasp_to_model`` runs these passes in one call. We run them
+ourselves to check the program between stages (static validation names the
+unsupported expression; a program that never reads ``rasp.tokens`` is refused)
+and to name the program in every error:
 
   static validation -> RASP graph -> basis inference -> craft blocks
   -> craft model -> assembled (Haiku) model
@@ -15,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,10 +43,7 @@ class Compiled:
 
     program: Program
     sop: Any  # rasp.SOp, the output
-    rasp_graph: Any  # networkx.DiGraph, labels -> RASP nodes
-    craft_model: Any  # tracr.craft SeriesWithResiduals
     assembled: Any  # tracr AssembledTransformerModel
-    module_names: tuple[str, ...]  # per craft block: "transformer/layer_{l}/{attn|mlp}"
 
     @property
     def residual_labels(self) -> list[str]:
@@ -110,7 +109,7 @@ class Compiled:
         for n, idx in by_length.items():
             ids = self.encode([seqs[i] for i in idx], width=n + 1)
             out = np.asarray(self.run_tracr(ids).unembedded_output)
-            for row, i in zip(out, idx):
+            for row, i in zip(out, idx, strict=True):
                 results[i] = _decode(self, row[1:])
         return results
 
@@ -166,7 +165,6 @@ def compile_program(prog: Program, *, validate: bool = True, mlp_exactness: int 
     an input on which the compiled model and RASP disagree.
     """
     from tracr.compiler import (
-        assemble,
         basis_inference,
         craft_graph_to_model,
         craft_model_to_transformer,
@@ -212,23 +210,36 @@ def compile_program(prog: Program, *, validate: bool = True, mlp_exactness: int 
             compiler_bos=COMPILER_BOS,
             compiler_pad=COMPILER_PAD,
         )
-        _, module_names = assemble._get_model_config_and_module_names(craft_model)
     except ProgramError:
         raise
     except Exception as err:  # Tracr raises many types; name the program and the cause.
         raise ProgramError(f"program {prog.name!r}: Tracr failed to compile it: {type(err).__name__}: {err}") from err
-    compiled = Compiled(prog, sop, graph, craft_model, assembled, tuple(module_names))
+    compiled = Compiled(prog, sop, assembled)
     if validate:
         check_against_rasp(compiled)
     return compiled
 
 
-def outputs_agree(a: Sequence, b: Sequence, numerical: bool) -> bool:
+def outputs_agree(a: Sequence, b: Sequence, numerical: bool, atol: float = NUMERICAL_ATOL) -> bool:
     if len(a) != len(b):
         return False
     if numerical:
-        return all(x is not None and y is not None and abs(x - y) <= NUMERICAL_ATOL for x, y in zip(a, b))
-    return all(x == y for x, y in zip(a, b))
+        return all(x is not None and y is not None and abs(x - y) <= atol for x, y in zip(a, b, strict=True))
+    return all(x == y for x, y in zip(a, b, strict=True))
+
+
+def _differences(want: Sequence, have: Sequence, numerical: bool, atol: float, most: int = 4) -> str:
+    """The first few positions where two outputs differ, ``pos: want vs have``; the worst error if numerical."""
+    bad = [i for i, (x, y) in enumerate(zip(want, have, strict=True))
+           if (x is None or y is None or abs(x - y) > atol if numerical else x != y)]
+    text = ", ".join(f"position {i}: RASP {want[i]!r}, compiled {have[i]!r}" for i in bad[:most])
+    if len(bad) > most:
+        text += f", and {len(bad) - most} more"
+    if numerical:
+        worst = max(abs(x - y) for x, y in zip(want, have, strict=True) if x is not None and y is not None)
+        text += f" (largest error {worst:.3g}, tolerance atol={atol:g}: set @program(atol=...) if Tracr's "
+        text += "numerical approximation is the cause)"
+    return text
 
 
 def check_against_rasp(compiled: Compiled, seqs: Sequence[Sequence] | None = None) -> int:
@@ -242,15 +253,19 @@ def check_against_rasp(compiled: Compiled, seqs: Sequence[Sequence] | None = Non
     except Exception as err:  # the RASP evaluator's own refusal, e.g. averaging strings
         raise ProgramError(f"program {prog.name!r}: RASP cannot evaluate it: {type(err).__name__}: {err}") from err
     got = compiled.tracr_outputs(seqs)
-    for seq, want, have in zip(seqs, expected, got):
+    for seq, want, have in zip(seqs, expected, got, strict=True):
         if any(v is None for v in want):
             raise ProgramError(
                 f"program {prog.name!r}: RASP gives None on input {list(seq)!r} ({want!r}); Tracr "
                 f"compiles None as a default value, so the program is not a valid test case"
             )
-        if not outputs_agree(want, have, compiled.numerical):
+        if not outputs_agree(want, have, compiled.numerical, prog.atol):
+            if len(want) != len(have):
+                raise ProgramError(f"program {prog.name!r}: the compiled model gives {len(have)} outputs on an "
+                                   f"input of length {len(want)}")
+            shown = list(seq) if len(seq) <= 12 else f"{list(seq)[:12]!r}... (length {len(seq)})"
             raise ProgramError(
-                f"program {prog.name!r}: the compiled model disagrees with RASP on input "
-                f"{list(seq)!r}: RASP {want!r}, compiled {have!r}"
+                f"program {prog.name!r}: the compiled model disagrees with RASP on input {shown}: "
+                f"{_differences(want, have, compiled.numerical, prog.atol)}"
             )
     return len(seqs)

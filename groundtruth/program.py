@@ -58,6 +58,10 @@ class Program:
       corrupt: optional ``(rng, clean) -> tuple`` giving the paired corrupted
         input for resample ablation; default: a uniformly random different
         input of the same length.
+      atol: numerical outputs only: how far the compiled model may be from
+        RASP, and a circuit's output from the model's, and still agree
+        (Tracr's numerical MLPs are approximations whose error grows with
+        ``max_seq_len``: raise it for long inputs, and say why).
     """
 
     name: str
@@ -73,6 +77,7 @@ class Program:
     accept: Callable[[tuple], bool] | None = None
     sample: Callable[[np.random.Generator, int], Sequence] | None = None
     corrupt: Callable[[np.random.Generator, tuple], Sequence] | None = None
+    atol: float = 1e-3
 
     def __post_init__(self):
         if not self.name or not self.name.replace("_", "").isalnum():
@@ -84,6 +89,8 @@ class Program:
             raise ValueError(f"program {self.name!r}: empty vocabulary")
         if not isinstance(self.max_seq_len, int) or self.max_seq_len < 1:
             raise ValueError(f"program {self.name!r}: max_seq_len must be >= 1, got {self.max_seq_len!r}")
+        if isinstance(self.atol, bool) or not isinstance(self.atol, (int, float)) or not 0 < self.atol < 1:
+            raise ValueError(f"program {self.name!r}: atol must be a number in (0, 1), got {self.atol!r}")
         if not 1 <= self.min_len <= self.max_seq_len:
             raise ValueError(
                 f"program {self.name!r}: min_len={self.min_len} must be in [1, max_seq_len={self.max_seq_len}]"

@@ -1,9 +1,7 @@
 """Does a pruner recover the ground truth? The check behind ``make demo`` and the tests.
 
-A pruner is any callable with Edge Pruning's signature::
-
-    pruner(model: prune.Transformer, examples: prune.data.Examples, *,
-           ablation: str, seed: int) -> prune.circuit.Circuit
+A pruner is a :class:`prune.Pruner`: any callable with Edge Pruning's
+signature, ``pruner(model, examples, *, ablation, seed) -> Circuit``.
 
 It recovers a program when its circuit equals the verified functional ground
 truth for that ablation edge for edge, and the circuit alone reproduces the
@@ -15,13 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
+import sys
 import time
-from typing import Callable
+from pathlib import Path
 
-from prune.circuit import Circuit
-from prune.evaluate import circuit_agreement
+from prune.evaluate import Evaluator
+from prune.pruner import Pruner, check_circuit
 
-__all__ = ["Recovery", "load_pruner", "recover", "DEFAULT_PRUNER"]
+__all__ = ["Recovery", "PrunerError", "load_pruner", "recover", "DEFAULT_PRUNER"]
 
 DEFAULT_PRUNER = "prune.edge_pruning:edge_pruning"
 
@@ -41,9 +41,10 @@ class Recovery:
     seconds: float
     only_found: tuple[str, ...]
     only_ground_truth: tuple[str, ...]
-    # Edge Pruning only: did its thresholded circuit (log_alpha > 0, before the exact
-    # binarisation repairs it) already equal the ground truth? None for other pruners.
-    threshold_exact: bool | None = None
+    # Did the method's own circuit (``metadata["own_edges"]``: Edge Pruning's log_alpha > 0,
+    # before the shared exact finalizer) already equal the ground truth? The circuit itself
+    # when it was not finalized.
+    own_exact: bool | None = None
 
     @property
     def exact(self) -> bool:
@@ -55,7 +56,7 @@ class Recovery:
             "gt edges": len(self.ground_truth), "found": len(self.found),
             "precision": f"{self.precision:.2f}", "recall": f"{self.recall:.2f}",
             "exact": "yes" if self.exact else "NO",
-            "threshold exact": {True: "yes", False: "no", None: "-"}[self.threshold_exact],
+            "own exact": {True: "yes", False: "no", None: "-"}[self.own_exact],
             "seconds": f"{self.seconds:.1f}",
         }
 
@@ -65,38 +66,65 @@ class Recovery:
         return d
 
 
-def load_pruner(spec: str) -> Callable:
-    """``module:callable`` -> the callable, with a clear error for a bad spec."""
+def load_pruner(spec: str) -> Pruner:
+    """``module:callable`` -> the callable, with a clear error for a bad spec.
+
+    The module is imported as ``python -m`` would: the working directory comes
+    first on the path, so ``mypruner:fn`` finds ``./mypruner.py``.
+    """
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ValueError(f"pruner {spec!r} must look like 'package.module:function'")
+    cwd = str(Path.cwd())
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"cannot import the pruner's module {module_name!r}: {err}") from None
+    except Exception as err:  # noqa: BLE001 (an import error, or anything the module raises on import)
+        raise ValueError(f"cannot import the pruner's module {module_name!r}: {type(err).__name__}: {err}") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise ValueError(f"{module_name} has no callable {attr!r}")
+        raise ValueError(f"{module_name} has no callable {attr!r}; the pruner must be a function "
+                         f"(model, examples, *, ablation, seed) -> prune.circuit.Circuit")
+    try:
+        inspect.signature(fn).bind(None, None, ablation="zero", seed=0)
+    except TypeError as err:
+        raise ValueError(f"pruner {spec!r} cannot be called as pruner(model, examples, *, ablation, seed): "
+                         f"{err}") from None
+    except ValueError:  # no signature to inspect (a builtin): the call will tell
+        pass
     return fn
 
 
+class PrunerError(RuntimeError):
+    """The pruner raised, exited, or returned something that is not a circuit of the model."""
+
+
 def recover(name: str, model, examples, ground_truth, *, ablation: str, seed: int = 0,
-            pruner: Callable | None = None) -> Recovery:
-    """Run ``pruner`` on one program and compare with its ground truth."""
+            pruner: Pruner | None = None) -> Recovery:
+    """Run ``pruner`` on one program and compare with its ground truth.
+
+    A pruner that raises (or calls ``sys.exit``) or returns something other than
+    a circuit of ``model`` under ``ablation`` raises :class:`PrunerError`.
+    """
     pruner = pruner or load_pruner(DEFAULT_PRUNER)
     start = time.perf_counter()
-    circuit = pruner(model, examples, ablation=ablation, seed=seed)
+    try:
+        circuit = pruner(model, examples, ablation=ablation, seed=seed)
+    except (Exception, SystemExit) as err:  # noqa: BLE001 (the pruner is the user's code)
+        raise PrunerError(f"the pruner raised {type(err).__name__}: {err} (on {name}, {ablation} ablation, "
+                          f"seed {seed})") from err
     seconds = time.perf_counter() - start
-    if not isinstance(circuit, Circuit):
-        raise TypeError(f"the pruner returned {type(circuit).__name__}, not a prune.circuit.Circuit")
-    if circuit.graph != model.graph:
-        raise ValueError(f"the pruner returned a circuit for {circuit.graph}, not the model's {model.graph}")
+    try:
+        check_circuit(circuit, model, ablation)
+    except (TypeError, ValueError) as err:
+        raise PrunerError(f"{err} (on {name})") from None
     cmp = circuit.compare(ground_truth)
-    reproduces = circuit_agreement(model, examples, circuit.mask(), ablation).float().mean().item()
-    threshold = (circuit.metadata or {}).get("threshold_edges")
+    reproduces = Evaluator(model, examples, ablation).agreement(circuit.mask()).float().mean().item()
+    own = (circuit.metadata or {}).get("own_edges", circuit.edges)
     return Recovery(
         program=name, ablation=ablation, seed=seed, ground_truth=tuple(ground_truth), found=circuit.edges,
         precision=cmp.precision, recall=cmp.recall, reproduces=reproduces, seconds=seconds,
         only_found=cmp.only_found, only_ground_truth=cmp.only_reference,
-        threshold_exact=None if threshold is None else set(threshold) == set(ground_truth),
+        own_exact=set(own) == set(ground_truth),
     )

@@ -23,7 +23,13 @@ def library() -> dict[str, Program]:
 
 
 def load_file(path: str | Path) -> dict[str, Program]:
-    """Programs defined at the top level of a Python file, by name."""
+    """Programs defined at the top level of a Python file, by name.
+
+    The file's folder is on the import path while it runs, so it can import a
+    helper module beside it. Refused: a file that does not import, two
+    programs with one name, and a program named like a library program (its
+    artifact would replace the library's).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no program file at {path}")
@@ -31,16 +37,35 @@ def load_file(path: str | Path) -> dict[str, Program]:
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
+    except Exception as err:  # noqa: BLE001 (the user's file: a syntax error, a failed import, anything)
+        where = f" (line {err.lineno})" if isinstance(err, SyntaxError) and err.lineno else ""
+        raise ValueError(f"cannot load program file {path}: {type(err).__name__}: {err}{where}") from None
     finally:
         sys.modules.pop(module_name, None)
-    programs = {p.name: p for p in vars(module).values() if isinstance(p, Program)}
+        if folder in sys.path:
+            sys.path.remove(folder)
+    programs: dict[str, Program] = {}
+    for p in vars(module).values():
+        if not isinstance(p, Program):
+            continue
+        if p.name in programs and programs[p.name] is not p:
+            raise ValueError(f"{path} defines two programs named {p.name!r}; give each its own name "
+                             f"(@program(name=...))")
+        programs[p.name] = p
     if not programs:
         raise ValueError(
             f"{path} defines no program; decorate a function that returns a RASP SOp with "
             f"@groundtruth.program(vocab=..., max_seq_len=...)"
         )
+    lib = library()
+    clash = [n for n, p in programs.items() if n in lib and lib[n] is not p]
+    if clash:
+        raise ValueError(f"{path} defines a program named {clash[0]!r}, like the library's; its artifact would "
+                         f"replace the library's: rename it (@program(name=...))")
     return programs
 
 

@@ -1,27 +1,26 @@
 """Circuit-discovery baselines on the project's graph and ablations: EAP, EAP-IG, ACDC.
 
-Every method has Edge Pruning's signature, so each works as a ``--pruner``::
+Every method is a :class:`prune.Pruner`, so each works as a ``--pruner``::
 
-    method(model, examples, *, ablation, seed=0, **options) -> prune.circuit.Circuit
+    method(model, examples, *, ablation, seed=0, finalize="exact", **options) -> prune.circuit.Circuit
 
 The circuit has one score per graph edge (graph order), ``method`` set to the
 method's name, and ``metadata`` holding the options and the seconds taken.
 The methods are deterministic; ``seed`` is accepted (and recorded) only so
 they share the pruner interface.
 
-Metric of the gradient methods (EAP, EAP-IG), mean over examples:
+``finalize``: ``"own"`` returns the method's own circuit (below);
+``"exact"`` (the default, as for Edge Pruning) puts it through the shared exact
+finalizer (:mod:`prune.finalize`) along the method's ranking
+(:func:`ranking`), so every method is held to the same criterion and the
+finalizer's evaluation count compares rankings like for like.
 
-- categorical outputs: the log-probability of the *full model's decoded label*,
-  summed over the example's answer positions;
-- numerical outputs: the output value, summed over the answer positions.
-
-KL(full || circuit), the faithfulness Edge Pruning and ACDC minimise, cannot be
-used: it is 0 at the full model and so is its gradient, so EAP would score every
-edge 0.
-
-Masks. In masked mode a reader's input is ``z * clean + (1 - z) * ablated`` per
-edge, so at ``z = 1`` the gradient of the metric w.r.t. an edge's mask is
-``(clean_w - ablated_w) . dMetric/dx_r``: exactly EAP's score (Syed et al. 2023).
+The gradient methods differentiate the metric of :mod:`prune.evaluate`: the
+log-probability of the full model's decoded label (categorical) or the output
+value (numerical), at the answer positions. In masked mode a reader's input is
+``z * clean + (1 - z) * ablated`` per edge, so at ``z = 1`` the gradient of the
+metric w.r.t. an edge's mask is ``(clean_w - ablated_w) . dMetric/dx_r``:
+exactly EAP's score (Syed et al. 2023).
 
 - :func:`eap`: that gradient, one forward and backward (in batches) at ``z = 1``.
 - :func:`eap_ig`: integrated gradients over the edge masks: all masks move
@@ -38,114 +37,46 @@ edge, so at ``z = 1`` the gradient of the metric w.r.t. an edge's mask is
   and so on), and each reader's writers from the last to the first. An edge is
   removed when removing it raises the faithfulness loss (mean KL(full || circuit)
   at the answer positions, or the mean squared error for numerical outputs; see
-  :func:`prune.edge_pruning.faithfulness_loss`) by at most ``tau`` over the
-  current circuit. A reader whose node no longer reaches the output loses its
-  edges without a forward pass (they cannot change anything). Default
-  ``tau=1e-6``: remove what changes nothing, up to float noise. Its scores are
-  the loss increases measured when each edge was tried (0 for edges removed
-  unseen). :func:`acdc_sweep` runs several taus and scores each edge by the
-  largest tau at which it is kept.
+  :mod:`prune.evaluate`) by at most ``tau`` over the current circuit. A reader
+  whose node no longer reaches the output loses its edges without a forward pass
+  (they cannot change anything). Default ``tau=1e-6``: remove what changes
+  nothing, up to float noise. Its scores are the loss increases measured when
+  each edge was tried (0 for edges removed unseen). :func:`acdc_sweep` runs
+  several taus and scores each edge by the largest tau at which it is kept.
 
-Circuit of the score-based methods (EAP, EAP-IG). By default, the smallest k
+Own circuit of the score-based methods (EAP, EAP-IG). By default, the smallest k
 such that the top-k edges by ``|score|`` (ties in graph order) reproduce the
 full model's decoded outputs on every example, found by scanning k = 1, 2, ...
-(each k is first checked on a few examples, then on all). ``top_k=`` keeps the
-k best edges, ``threshold=`` the edges with ``|score| >= threshold``. In every
-case edges into heads and MLPs whose output reaches nothing are then dropped
+(each k is first checked on the examples that broke an earlier k, then on all;
+``metadata["own_evaluations"]`` counts the k tried). ``top_k=`` keeps the k best
+edges, ``threshold=`` the edges with ``|score| >= threshold``. In every case
+edges into heads and MLPs whose output reaches nothing are then dropped
 (:meth:`Circuit.without_dead_ends`): they cannot change the output.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from prune.ablation import ablated_writers, check_ablation
 from prune.circuit import Circuit
 from prune.data import Examples
-from prune.edge_pruning import edge_pruning, faithfulness_loss
-from prune.evaluate import circuit_logits, full_logits
+from prune.edge_pruning import edge_pruning
+from prune.evaluate import Evaluator
+from prune.finalize import check_finalize, finalize as finalize_circuit
 from prune.model import Transformer
+from prune.pruner import Pruner
 
 __all__ = [
     "METHODS", "DEFAULT_TAU", "DEFAULT_SWEEP_TAUS",
     "eap", "eap_ig", "acdc", "acdc_sweep",
-    "edge_auroc", "faithfulness", "metric", "ranking", "top_k_mask",
+    "edge_auroc", "ranking", "top_k_mask",
 ]
 
 DEFAULT_TAU = 1e-6
 DEFAULT_SWEEP_TAUS: tuple[float, ...] = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 _BATCH = 512  # examples per forward pass in the gradient methods
-_PROBE = 32  # examples tried first when scanning k (most k fail on them already)
-
-
-# --------------------------------------------------------------------- helpers
-def _batches(n: int, size: int):
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
-
-
-def _part(ablated, b):
-    """The ablated writers for batch slice ``b`` (mean ablation is shared by all)."""
-    return ablated if ablated is None or ablated.shape[1] == 1 else ablated[:, b]
-
-
-def _labels(examples: Examples, reference: torch.Tensor) -> torch.Tensor | None:
-    return examples.decode(reference) if examples.kind == "categorical" else None
-
-
-def _metric_sum(logits, examples: Examples, labels, answer) -> torch.Tensor:
-    """Sum over the batch of each example's metric (see the module doc)."""
-    if examples.kind == "numerical":
-        return (logits[..., 0] * answer).sum()
-    logp = F.log_softmax(logits.float(), -1).gather(-1, labels[..., None])[..., 0]
-    return (logp * answer).sum()
-
-
-def metric(model: Transformer, examples: Examples, edge_mask: torch.Tensor, ablation: str, *,
-           ablated: torch.Tensor | None = None, reference: torch.Tensor | None = None) -> float:
-    """The gradient methods' metric (module doc) of the masked model, mean over examples."""
-    check_ablation(ablation)
-    if reference is None:
-        reference = full_logits(model, examples)
-    if ablated is None and ablation != "zero":
-        ablated = ablated_writers(model, examples, ablation)
-    logits = circuit_logits(model, examples, edge_mask, ablation, ablated=ablated)
-    return _metric_sum(logits, examples, _labels(examples, reference), examples.answer).item() / len(examples)
-
-
-def _mask_gradient(model, examples, z_value: float, ablated, labels, batch_size: int = _BATCH) -> torch.Tensor:
-    """``d mean-metric / dz`` at ``z = z_value`` on every edge, ``[n_edges]`` (float64)."""
-    g = model.graph
-    total = torch.zeros(g.n_edges, dtype=torch.float64)
-    for b in _batches(len(examples), batch_size):
-        z = torch.full((g.n_edges,), float(z_value), dtype=model.W_E.dtype, requires_grad=True)
-        logits = model(examples.clean[b], attention_mask=examples.valid[b], edge_mask=z, ablated=_part(ablated, b))
-        m = _metric_sum(logits, examples, None if labels is None else labels[b], examples.answer[b])
-        (grad,) = torch.autograd.grad(m, z)
-        total += grad.double()
-    return total / len(examples)
-
-
-def faithfulness(model: Transformer, examples: Examples, edge_mask: torch.Tensor, ablation: str, *,
-                 ablated: torch.Tensor | None = None, reference: torch.Tensor | None = None) -> float:
-    """Mean faithfulness loss of a circuit: KL(full || circuit) (categorical) or squared error (numerical).
-
-    ``ablated`` and ``reference`` (the full model's logits) are computed when not given.
-    """
-    check_ablation(ablation)
-    g = model.graph
-    if edge_mask.shape != (g.n_edges,):
-        raise ValueError(f"edge_mask must be [{g.n_edges}] for this model's graph, got {tuple(edge_mask.shape)}")
-    if reference is None:
-        reference = full_logits(model, examples)
-    if ablated is None and ablation != "zero":
-        ablated = ablated_writers(model, examples, ablation)
-    logits = circuit_logits(model, examples, edge_mask, ablation, ablated=ablated)
-    return faithfulness_loss(logits, reference, examples, examples.answer).mean().item()
 
 
 # Methods whose scores mean "higher = more surely in the circuit" (Edge Pruning's
@@ -202,24 +133,13 @@ def top_k_mask(scores: torch.Tensor, k: int, *, absolute: bool = True) -> torch.
     return mask
 
 
-def _reproduces(model, examples, mask, ablation, ablated, reference, probe) -> bool:
-    """Does the circuit reproduce the decoded outputs on every example? (probe set first)"""
-    if probe is not None:
-        sub = examples.subset(probe)
-        logits = circuit_logits(model, sub, mask, ablation, ablated=_part(ablated, probe))
-        if not sub.agree(logits, reference[probe]).all():
-            return False
-    logits = circuit_logits(model, examples, mask, ablation, ablated=ablated)
-    return bool(examples.agree(logits, reference).all())
-
-
-def _score_circuit(model, examples, scores, *, ablation, ablated, reference, top_k, threshold) -> tuple[torch.Tensor, dict]:
-    """The circuit mask of a score-based method (module doc) and how it was chosen."""
-    n = model.graph.n_edges
+def _score_circuit(evaluator: Evaluator, scores, *, top_k, threshold) -> tuple[torch.Tensor, dict]:
+    """The own circuit mask of a score-based method (module doc) and how it was chosen."""
+    n = evaluator.model.graph.n_edges
     if top_k is not None and threshold is not None:
         raise ValueError(f"give top_k or threshold, not both (got top_k={top_k!r}, threshold={threshold!r})")
     if top_k is not None:
-        if not isinstance(top_k, int) or not 0 <= top_k <= n:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= n:
             raise ValueError(f"top_k must be an int in [0, {n}], got {top_k!r}")
         return top_k_mask(scores, top_k), {"rule": "top_k", "k": top_k}
     if threshold is not None:
@@ -227,25 +147,31 @@ def _score_circuit(model, examples, scores, *, ablation, ablated, reference, top
             raise ValueError(f"threshold must be >= 0, got {threshold!r}")
         mask = (scores.abs() >= threshold).float()
         return mask, {"rule": "threshold", "k": int(mask.sum())}
-    probe = torch.arange(min(_PROBE, len(examples))) if len(examples) > _PROBE else None
+    before = evaluator.evaluations
+    rule = "smallest reproducing top-k"
     for k in range(1, n + 1):
         mask = top_k_mask(scores, k)
-        if _reproduces(model, examples, mask, ablation, ablated, reference, probe):
-            return mask, {"rule": "smallest reproducing top-k", "k": k}
-    return torch.ones(n), {"rule": "smallest reproducing top-k", "k": n}  # float noise: keep everything
+        if evaluator.reproduces(mask):
+            return mask, {"rule": rule, "k": k, "own_evaluations": evaluator.evaluations - before}
+    # Unreachable unless the full graph fails to reproduce the model (float noise): keep everything.
+    return torch.ones(n), {"rule": rule, "k": n, "own_evaluations": evaluator.evaluations - before}
 
 
-def _finish(model, scores, mask, *, ablation, method, model_name, metadata, start) -> Circuit:
-    metadata = {**metadata, "seconds": round(time.perf_counter() - start, 3)}
+def _finish(evaluator: Evaluator, scores, mask, *, method, model_name, metadata, start, finalize,
+            rank: torch.Tensor | None = None) -> Circuit:
+    model = evaluator.model
     circuit = Circuit.from_mask(
-        model.graph, mask, ablation=ablation, model=model_name, d_model=model.cfg.d_model,
+        model.graph, mask, ablation=evaluator.ablation, model=model_name, d_model=model.cfg.d_model,
         scores=tuple(float(s) for s in scores), method=method, metadata=metadata,
-    )
-    return circuit.without_dead_ends()
+    ).without_dead_ends()
+    if finalize == "exact":
+        circuit = finalize_circuit(circuit, evaluator, ranking(circuit) if rank is None else rank)
+    circuit.metadata["seconds"] = round(time.perf_counter() - start, 3)
+    return circuit
 
 
-def _check_common(model, examples, ablation, name):
-    check_ablation(ablation)
+def _check_common(model, examples, ablation, finalize, name) -> None:
+    check_finalize(finalize)
     if len(examples) == 0:
         raise ValueError(f"empty dataset: {name} needs at least one example")
     model.requires_grad_(False)
@@ -258,44 +184,39 @@ def _check_batch_size(batch_size):
 
 # --------------------------------------------------------------------- methods
 def eap(model: Transformer, examples: Examples, *, ablation: str, seed: int = 0, top_k: int | None = None,
-        threshold: float | None = None, batch_size: int = _BATCH, model_name: str = "") -> Circuit:
+        threshold: float | None = None, batch_size: int = _BATCH, finalize: str = "exact",
+        model_name: str = "") -> Circuit:
     """Edge Attribution Patching: score = dMetric/dz_e at z = 1 (module doc).
 
     ``batch_size``: examples per forward and backward pass (peak memory grows with it;
     the scores do not depend on it, up to float rounding).
     """
-    _check_common(model, examples, ablation, "EAP")
+    _check_common(model, examples, ablation, finalize, "EAP")
     _check_batch_size(batch_size)
     start = time.perf_counter()
-    reference = full_logits(model, examples)
-    ablated = ablated_writers(model, examples, ablation)
-    scores = _mask_gradient(model, examples, 1.0, ablated, _labels(examples, reference), batch_size)
-    mask, rule = _score_circuit(model, examples, scores, ablation=ablation, ablated=ablated, reference=reference,
-                                top_k=top_k, threshold=threshold)
-    return _finish(model, scores, mask, ablation=ablation, method="eap", model_name=model_name, start=start,
+    evaluator = Evaluator(model, examples, ablation)
+    scores = evaluator.metric_gradient(1.0, batch_size=batch_size)
+    mask, rule = _score_circuit(evaluator, scores, top_k=top_k, threshold=threshold)
+    return _finish(evaluator, scores, mask, method="eap", model_name=model_name, start=start, finalize=finalize,
                    metadata={"seed": seed, "top_k": top_k, "threshold": threshold, **rule})
 
 
 def eap_ig(model: Transformer, examples: Examples, *, ablation: str, seed: int = 0, steps: int = 5,
            top_k: int | None = None, threshold: float | None = None, batch_size: int = _BATCH,
-           model_name: str = "") -> Circuit:
+           finalize: str = "exact", model_name: str = "") -> Circuit:
     """EAP with integrated gradients over the edge masks, 0 -> 1, midpoint rule (module doc).
 
     ``batch_size`` as for :func:`eap`.
     """
-    _check_common(model, examples, ablation, "EAP-IG")
+    _check_common(model, examples, ablation, finalize, "EAP-IG")
     _check_batch_size(batch_size)
-    if not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     start = time.perf_counter()
-    reference = full_logits(model, examples)
-    ablated = ablated_writers(model, examples, ablation)
-    labels = _labels(examples, reference)
-    scores = sum(_mask_gradient(model, examples, (i + 0.5) / steps, ablated, labels, batch_size)
-                 for i in range(steps)) / steps
-    mask, rule = _score_circuit(model, examples, scores, ablation=ablation, ablated=ablated, reference=reference,
-                                top_k=top_k, threshold=threshold)
-    return _finish(model, scores, mask, ablation=ablation, method="eap_ig", model_name=model_name, start=start,
+    evaluator = Evaluator(model, examples, ablation)
+    scores = sum(evaluator.metric_gradient((i + 0.5) / steps, batch_size=batch_size) for i in range(steps)) / steps
+    mask, rule = _score_circuit(evaluator, scores, top_k=top_k, threshold=threshold)
+    return _finish(evaluator, scores, mask, method="eap_ig", model_name=model_name, start=start, finalize=finalize,
                    metadata={"seed": seed, "steps": steps, "top_k": top_k, "threshold": threshold, **rule})
 
 
@@ -309,19 +230,15 @@ def _reader_writer(graph, reader: int) -> int | None:
     return graph.head_writer(layer, offset % graph.n_heads)
 
 
-def _acdc_run(model, examples, ablation, tau, ablated, reference) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    g = model.graph
+def _acdc_run(evaluator: Evaluator, tau: float) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    g = evaluator.model.graph
     mask = torch.ones(g.n_edges)
     increases = torch.zeros(g.n_edges, dtype=torch.float64)
     by_reader: dict[int, list[int]] = {}
     for pos, (w, r) in enumerate(g.edges):
         by_reader.setdefault(r, []).append(pos)
     writer_of = g.edge_index_tensor[0]
-
-    def loss(m):
-        return faithfulness(model, examples, m, ablation, ablated=ablated, reference=reference)
-
-    current = loss(mask)
+    current = evaluator.faithfulness(mask)
     tried = skipped = 0
     for r in range(g.n_readers - 1, -1, -1):
         edges = sorted(by_reader.get(r, []), key=lambda p: -g.edges[p][0])  # writers last to first
@@ -333,53 +250,57 @@ def _acdc_run(model, examples, ablation, tau, ablated, reference) -> tuple[torch
             continue
         for pos in edges:
             mask[pos] = 0.0
-            new = loss(mask)
+            new = evaluator.faithfulness(mask)
             tried += 1
             increases[pos] = new - current
             if new - current <= tau:
                 current = new
             else:
                 mask[pos] = 1.0
-    return mask, increases, {"tried": tried, "skipped": skipped, "faithfulness": current}
+    return mask, increases, {"tried": tried, "skipped": skipped, "faithfulness": current, "own_evaluations": tried}
 
 
 def acdc(model: Transformer, examples: Examples, *, ablation: str, seed: int = 0, tau: float = DEFAULT_TAU,
-         model_name: str = "") -> Circuit:
-    """ACDC: greedy edge removal from the output backwards with threshold ``tau`` (module doc)."""
-    _check_common(model, examples, ablation, "ACDC")
-    if not (isinstance(tau, (int, float)) and tau >= 0):
+         finalize: str = "exact", model_name: str = "") -> Circuit:
+    """ACDC: greedy edge removal from the output backwards with threshold ``tau`` (module doc).
+
+    With ``finalize="exact"`` the ranking is ``|loss increase|`` (:func:`ranking`).
+    """
+    _check_common(model, examples, ablation, finalize, "ACDC")
+    if isinstance(tau, bool) or not (isinstance(tau, (int, float)) and tau >= 0):
         raise ValueError(f"tau must be a number >= 0, got {tau!r}")
     start = time.perf_counter()
-    reference = full_logits(model, examples)
-    ablated = ablated_writers(model, examples, ablation)
-    with torch.no_grad():
-        mask, increases, info = _acdc_run(model, examples, ablation, float(tau), ablated, reference)
-    return _finish(model, increases, mask, ablation=ablation, method="acdc", model_name=model_name, start=start,
+    evaluator = Evaluator(model, examples, ablation)
+    mask, increases, info = _acdc_run(evaluator, float(tau))
+    return _finish(evaluator, increases, mask, method="acdc", model_name=model_name, start=start, finalize=finalize,
                    metadata={"seed": seed, "tau": tau, **info})
 
 
 def acdc_sweep(model: Transformer, examples: Examples, *, ablation: str, taus=DEFAULT_SWEEP_TAUS,
-               model_name: str = "") -> tuple[Circuit, list[Circuit]]:
-    """ACDC at every tau: (a summary circuit, the circuit per tau in the order given).
+               finalize: str = "exact", model_name: str = "") -> tuple[Circuit, list[Circuit]]:
+    """ACDC at every tau: (a summary circuit, each tau's own circuit in the order given).
 
     The summary's scores are, per edge, the largest tau at which ACDC keeps it
-    (0 if it is never kept); its edges are those of the smallest tau.
+    (0 if it is never kept); its own edges are those of the smallest tau, and
+    ``finalize`` applies to it (ranked by those scores).
     """
+    check_finalize(finalize)
     taus = [float(t) for t in taus]
     if not taus or any(not t >= 0 for t in taus):
         raise ValueError(f"taus must be a non-empty list of numbers >= 0, got {taus!r}")
     start = time.perf_counter()
-    circuits = [acdc(model, examples, ablation=ablation, tau=t, model_name=model_name) for t in taus]
+    circuits = [acdc(model, examples, ablation=ablation, tau=t, finalize="own", model_name=model_name) for t in taus]
     scores = torch.zeros(model.graph.n_edges, dtype=torch.float64)
     for t, c in zip(taus, circuits):
         scores = torch.where(c.mask() > 0, torch.clamp(scores, min=t), scores)
     smallest = circuits[min(range(len(taus)), key=taus.__getitem__)]
-    summary = _finish(model, scores, smallest.mask(), ablation=ablation, method="acdc_sweep", model_name=model_name,
-                      start=start, metadata={"taus": taus, "edges_per_tau": [len(c) for c in circuits]})
+    evaluator = Evaluator(model, examples, ablation)
+    summary = _finish(evaluator, scores, smallest.mask(), method="acdc_sweep", model_name=model_name, start=start,
+                      finalize=finalize, metadata={"taus": taus, "edges_per_tau": [len(c) for c in circuits]})
     return summary, circuits
 
 
-METHODS: dict[str, Callable[..., Circuit]] = {
+METHODS: dict[str, Pruner] = {
     "edge_pruning": edge_pruning,
     "acdc": acdc,
     "eap": eap,

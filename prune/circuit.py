@@ -11,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from prune.ablation import ABLATIONS
+from prune.files import atomic_write_json
 from prune.graph import Graph
 
 __all__ = ["Circuit", "Comparison", "CircuitFileError"]
@@ -71,6 +71,9 @@ class Circuit:
     metadata: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
+        if self.ablation not in ("", *ABLATIONS):
+            raise ValueError(f"unknown ablation {self.ablation!r}; choose one of {ABLATIONS} "
+                             f"(or '' when it is not known, as in a file from another tool)")
         order = {name: i for i, name in enumerate(self.edges)}
         positions = [self.graph.edge_position(e) for e in self.edges]  # raises on unknown edges
         if len(order) != len(self.edges):
@@ -78,6 +81,11 @@ class Circuit:
         object.__setattr__(self, "edges", tuple(self.graph.edge_names[i] for i in sorted(positions)))
         if self.scores is not None and len(self.scores) != self.graph.n_edges:
             raise ValueError(f"scores must have one value per graph edge ({self.graph.n_edges}), got {len(self.scores)}")
+        if self.scores is not None:
+            bad = [i for i, s in enumerate(self.scores) if not math.isfinite(s)]
+            if bad:
+                raise ValueError(f"the score of edge {self.graph.edge_names[bad[0]]} is {self.scores[bad[0]]!r} "
+                                 f"({len(bad)} non-finite scores in all); scores must be finite numbers")
 
     # ------------------------------------------------------------ building
     @classmethod
@@ -131,7 +139,7 @@ class Circuit:
             "cfg": {"n_layers": g.n_layers, "n_heads": g.n_heads, "parallel_attn_mlp": False, "d_model": self.d_model},
             "nodes": {n: {"in_graph": n in nodes} for n in (*g.writer_names, "logits")},
             "edges": {
-                e: {"score": float(s) if math.isfinite(s) else 0.0, "in_graph": e in in_circuit}
+                e: {"score": float(s), "in_graph": e in in_circuit}
                 for e, s in zip(g.edge_names, scores)
             },
             "model": self.model,
@@ -142,17 +150,7 @@ class Circuit:
 
     def save(self, path: str | Path) -> Path:
         """Write EAP-IG JSON atomically (temporary file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=1)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path, *, graph: Graph | None = None, model: str | None = None) -> "Circuit":
@@ -167,7 +165,19 @@ class Circuit:
         if not isinstance(d, dict) or not {"cfg", "nodes", "edges"} <= set(d):
             raise CircuitFileError(f"{path} is not an EAP-IG circuit (needs 'cfg', 'nodes' and 'edges')")
         cfg = d["cfg"]
-        file_graph = Graph(n_layers=cfg["n_layers"], n_heads=cfg["n_heads"])
+        if not isinstance(cfg, dict) or not {"n_layers", "n_heads"} <= set(cfg):
+            raise CircuitFileError(f"{path}: 'cfg' needs 'n_layers' and 'n_heads'")
+        if cfg.get("parallel_attn_mlp"):
+            raise CircuitFileError(f"{path} is a circuit of a parallel-attention graph (parallel_attn_mlp: true); "
+                                   f"this project's graph reads MLPs after attention; it cannot be evaluated here")
+        nodes = d["nodes"] if isinstance(d["nodes"], dict) else {}
+        if any(isinstance(v, dict) and v.get("neurons") is not None for v in nodes.values()):
+            raise CircuitFileError(f"{path} is a neuron-level circuit; this project's graph has edges between "
+                                   f"heads and MLPs only")
+        try:
+            file_graph = Graph(n_layers=cfg["n_layers"], n_heads=cfg["n_heads"])
+        except (TypeError, ValueError) as err:
+            raise CircuitFileError(f"{path}: bad 'cfg': {err}") from None
         if graph is not None and file_graph != graph:
             raise CircuitFileError(
                 f"{path} is a circuit for a {file_graph.n_layers}-layer, {file_graph.n_heads}-head model, "
@@ -175,6 +185,14 @@ class Circuit:
             )
         if model is not None and d.get("model") not in (None, model):
             raise CircuitFileError(f"{path} is a circuit for model {d.get('model')!r}, not {model!r}")
+        if not isinstance(d["edges"], dict) or set(d["edges"]) != set(file_graph.edge_names):
+            listed = set(d["edges"]) if isinstance(d["edges"], dict) else set()
+            missing = [e for e in file_graph.edge_names if e not in listed]
+            extra = sorted(listed - set(file_graph.edge_names))
+            raise CircuitFileError(
+                f"{path} does not list every edge of its {file_graph.n_layers}-layer, {file_graph.n_heads}-head graph "
+                f"exactly once: {len(missing)} missing (first {missing[:1]}), {len(extra)} unknown (first {extra[:1]}); "
+                f"write it with Circuit.save or EAP-IG's Graph.to_json")
         try:
             edges = tuple(e for e, v in d["edges"].items() if v["in_graph"])
             scores = [0.0] * file_graph.n_edges
@@ -182,8 +200,13 @@ class Circuit:
                 scores[file_graph.edge_position(e)] = float(v["score"])
         except KeyError as err:
             raise CircuitFileError(f"{path}: {err.args[0]}") from None
-        return cls(
-            graph=file_graph, edges=edges, ablation=d.get("ablation", ""), model=d.get("model", ""),
-            d_model=cfg.get("d_model", 0), scores=tuple(scores), method=d.get("method", ""),
-            metadata=d.get("metadata", {}),
-        )
+        except (TypeError, ValueError) as err:
+            raise CircuitFileError(f"{path}: an edge entry needs a numeric 'score' and a bool 'in_graph' ({err})") from None
+        try:
+            return cls(
+                graph=file_graph, edges=edges, ablation=d.get("ablation", ""), model=d.get("model", ""),
+                d_model=cfg.get("d_model", 0), scores=tuple(scores), method=d.get("method", ""),
+                metadata=d.get("metadata", {}),
+            )
+        except ValueError as err:
+            raise CircuitFileError(f"{path}: {err}") from None

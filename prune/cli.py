@@ -7,6 +7,8 @@
 ``--model`` is a local checkpoint folder or a hub name (where a network
 exists). One run per target, with :func:`prune.edge_pruning.language_model_config`
 (``--steps`` and ``--batch-size`` override its defaults). ``DIR/target-<t>/``
+(``<t>`` the target as written by ``:g`` where that reads back as exactly the
+target, else its ``repr``: ``target-0.9``, ``target-0.9000001``, ``target-1``)
 holds ``checkpoint.safetensors`` (the pruner's whole state, saved every
 ``--checkpoint-every`` steps and at the end, and kept), then ``circuit.json``
 (EAP-IG) and ``metrics.json``. With several targets, ``DIR/sweep.png`` plots the
@@ -18,23 +20,29 @@ its checkpoint; the result is bit for bit that of an uninterrupted run with the
 same arguments (same ``--threads`` too). A target with ``circuit.json`` and
 ``metrics.json`` is finished and skipped. A target with no checkpoint yet (the
 run was killed before reaching it, or it is a new target) starts from step 0,
-and the command says so. ``--resume`` on a ``DIR`` where no target has a
-checkpoint or results is an error (nothing to resume: a mistyped ``--out``
-should not silently start over), as is a checkpoint or ``run.json`` made with
-other arguments. Without ``--resume``, a ``DIR`` that already holds a run is
-refused rather than overwritten.
+and the command says so. ``--resume`` on a ``DIR`` that holds no run (no
+``run.json`` and no checkpoint or results of the targets named) is an error
+(nothing to resume: a mistyped ``--out`` should not silently start over), as is
+a checkpoint, results or a ``run.json`` made with other arguments. Without
+``--resume``, a ``DIR`` that already holds a run (a ``run.json``, or any
+``target-*`` folder with a checkpoint or results) is refused rather than
+overwritten or mixed with another run: new targets join a run with ``--resume``.
 
-Every file is written to a temporary name and renamed into place, so a killed
-run leaves only complete files; temporary files a kill left behind (named
+Every file is written to a temporary name and renamed into place
+(:mod:`prune.files`; modes follow the umask), so a killed run leaves only
+complete files; temporary files a kill left behind (named
 ``.<output>.*``) are removed when the next run into ``DIR`` starts. A lock on
-``DIR`` keeps two runs from writing into it at once. Errors (unknown task or
-model type, a missing or foreign checkpoint, a model too large for the memory
-available, estimated before loading) are one line on stderr and exit status 2.
+``DIR`` keeps two runs from writing into it at once. Errors are one line
+``error: ...`` on stderr and exit status 2, with nothing written: the
+arguments, the model folder (a path that names no folder is refused without
+asking the hub) and ``--out`` (it must be creatable and writable) are checked
+before the model loads; then an unknown model type, a broken or truncated
+checkpoint, weights that do not fit config.json, or a model too large for the
+memory available (estimated before loading).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -43,29 +51,38 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["OUTPUTS", "circuit_metrics", "main", "remove_stale_temp_files"]
+from prune._cli import ArgumentParser, nonempty, parse_fractions, parse_int, positive_int, random_seed
+from prune.files import atomic_write_json
+
+__all__ = ["OUTPUTS", "circuit_metrics", "main", "remove_stale_temp_files", "target_folder"]
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-CHECKPOINT, CIRCUIT, METRICS, SWEEP, RUN = "checkpoint.safetensors", "circuit.json", "metrics.json", "sweep.png", "run.json"
+CHECKPOINT, CIRCUIT, METRICS, SWEEP, RUN = (
+    "checkpoint.safetensors", "circuit.json", "metrics.json", "sweep.png", "run.json")
 OUTPUTS = (CHECKPOINT, CIRCUIT, METRICS, SWEEP, RUN)
 # What must match for --resume to continue a run (targets may differ: new ones start fresh).
 _RUN_KEYS = ("model", "task", "n", "seed", "ablation", "dtype", "steps", "batch_size")
+# What a finished target's metrics.json records of its run (and must match to be skipped on --resume).
+_METRICS_KEYS = ("task", "ablation", "seed", "steps")
+MAX_THREADS = 1024
 
 
 class UsageError(Exception):
     """A problem with the arguments or the output folder: one line on stderr, exit status 2."""
 
 
-def _write_json(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def target_folder(target: float) -> str:
+    """``target-<t>``: ``<t>`` is ``f"{target:g}"`` where that reads back as exactly ``target``
+    (``target-0.9``, ``target-1``: the names earlier runs used), else ``repr(target)``
+    (``target-0.9000001``), so that distinct targets never share a folder."""
+    target = float(target) + 0.0  # -0.0 -> 0.0
+    short = f"{target:g}"
+    return f"target-{short if float(short) == target else repr(target)}"
+
+
+def _shown(target: float) -> str:
+    return target_folder(target).removeprefix("target-")
 
 
 def remove_stale_temp_files(folder: Path) -> list[Path]:
@@ -100,12 +117,11 @@ def _lock(folder: Path):
 def circuit_metrics(model, task, circuit, ablation: str) -> dict:
     """KL, exact match with the full model, and the task's metrics, for the circuit and the full model."""
     from prune import tasks as T
-    from prune.edge_pruning import faithfulness_loss
-    from prune.evaluate import circuit_logits, full_logits
+    from prune.evaluate import Evaluator, faithfulness_loss
 
     ex = task.examples
-    full = full_logits(model, ex, batch_size=16)
-    logits = circuit_logits(model, ex, circuit.mask(), ablation, batch_size=16)
+    evaluator = Evaluator(model, ex, ablation, batch_size=16)
+    full, logits = evaluator.reference, evaluator.logits(circuit.mask())
     out = {
         "edges": len(circuit),
         "edge_sparsity": 1 - len(circuit) / model.graph.n_edges,
@@ -147,32 +163,138 @@ def _state(run_dir: Path) -> str:
     return "checkpoint" if (run_dir / CHECKPOINT).is_file() else "empty"
 
 
-def _check_out_dir(args, run_dirs: list[Path], record: dict) -> list[str]:
-    """Refuse what cannot be started or resumed, before anything is loaded; the state of each target."""
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UsageError(f"{path} is unreadable ({err}); it records {what}: restore it, or choose another --out") \
+            from None
+    if not isinstance(obj, dict):
+        raise UsageError(f"{path} holds a {type(obj).__name__}, not a record of {what}; restore it, "
+                         f"or choose another --out")
+    return obj
+
+
+def _check_out_dir(args, targets: list[float], run_dirs: list[Path], record: dict) -> list[str]:
+    """Refuse what cannot be started or resumed, before anything is loaded or written; the state of each target.
+
+    Without ``--resume`` ``--out`` must hold no run at all: no ``run.json`` and no
+    ``target-*`` folder with a checkpoint or results (this command's targets or
+    others). With ``--resume`` the run it holds must be this one: ``run.json``
+    and the finished targets' ``metrics.json`` must record the same arguments
+    (checkpoints are checked against the run when they load).
+    """
+    out = args.out
+    for d in run_dirs:
+        if os.path.lexists(d) and not d.is_dir():
+            raise UsageError(f"{d} is not a folder; move it away, or choose another --out")
     states = [_state(d) if d.is_dir() else "empty" for d in run_dirs]
+    run_file = out / RUN
+    has_record = os.path.lexists(run_file)
     if not args.resume:
-        busy = [(d, s) for d, s in zip(run_dirs, states) if s != "empty"]
-        if busy:
+        busy = [(d, s) for d, s in zip(run_dirs, states, strict=True) if s != "empty"]
+        if out.is_dir():
+            busy += [(d, _state(d)) for d in sorted(out.glob("target-*"))
+                     if d not in run_dirs and d.is_dir() and _state(d) != "empty"]
+        if busy and busy[0][0] in run_dirs:
             d, s = busy[0]
             what = "finished results" if s == "finished" else f"a checkpoint ({CHECKPOINT})"
             raise UsageError(f"{d} already holds {what}; pass --resume to continue that run, or choose another --out")
+        if has_record or busy:
+            held = run_file if has_record else (
+                f"{busy[0][0]} has {'results' if busy[0][1] == 'finished' else 'a checkpoint'}")
+            raise UsageError(f"{out} already holds a run ({held}); pass --resume with that run's arguments to continue "
+                             f"it (new targets join it so), or choose another --out")
         return states
-    if all(s == "empty" for s in states):
+    if all(s == "empty" for s in states) and not has_record:
         raise UsageError(
-            f"nothing to resume in {args.out}: no target ({', '.join(d.name for d in run_dirs)}) has a {CHECKPOINT} "
-            f"or finished results; run without --resume to start")
-    run_file = args.out / RUN
-    if run_file.is_file():
-        try:
-            old = json.loads(run_file.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise UsageError(f"{run_file} is unreadable ({err}); it records the run to resume") from None
+            f"nothing to resume in {out}: no {RUN}, and no target ({', '.join(d.name for d in run_dirs)}) has a "
+            f"{CHECKPOINT} or finished results; run without --resume to start")
+    if has_record:
+        old = _read_json(run_file, "the run to resume")
         for key in _RUN_KEYS:
             if key in old and old[key] != record[key]:
                 raise UsageError(
-                    f"{args.out} holds a run with {key} = {old[key]!r}, but this command has {record[key]!r}; "
+                    f"{out} holds a run with {key} = {old[key]!r}, but this command has {record[key]!r}; "
+                    f"resume with the same arguments, or choose another --out")
+    for t, d, s in zip(targets, run_dirs, states, strict=True):
+        if s == "checkpoint":
+            _check_checkpoint(d / CHECKPOINT)
+        if s != "finished":
+            continue
+        metrics = _read_json(d / METRICS, f"target {_shown(t)}'s results")
+        want = {**{k: record[k] for k in _METRICS_KEYS}, "target_edge_sparsity": t}
+        for key, value in want.items():
+            if key in metrics and metrics[key] != value:
+                raise UsageError(
+                    f"{d / METRICS} holds results with {key} = {metrics[key]!r}, but this command has {value!r}; "
                     f"resume with the same arguments, or choose another --out")
     return states
+
+
+def _check_checkpoint(path: Path) -> None:
+    """Refuse a checkpoint to resume that is unreadable or no Edge Pruning checkpoint, reading its header only
+    (before the model loads and anything is written); whether it is of this run is checked when it loads."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as err:  # noqa: BLE001 (safetensors raises its own error types)
+        raise UsageError(f"{path} is not a readable safetensors checkpoint: {err}; delete it to start that "
+                         f"target afresh, or choose another --out") from None
+    if not str(meta.get("format", "")).startswith("edge-pruning-checkpoint/"):
+        raise UsageError(f"{path} is not an Edge Pruning checkpoint (format {meta.get('format')!r}); delete it "
+                         f"to start that target afresh, or choose another --out")
+
+
+def _make_out_dir(out: Path) -> list[Path]:
+    """Create ``out`` and check that it takes files (a probe written and deleted); the folders created.
+
+    Before the model loads: a ``--out`` that cannot hold the results is refused
+    at once, not after minutes of loading.
+    """
+    if os.path.islink(out) and not out.exists():
+        raise UsageError(f"--out {out} is a link to nothing (or a loop of links); choose a folder")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder; choose a folder")
+    created, p = [], out
+    while not os.path.lexists(p) and p != p.parent:
+        created.append(p)
+        p = p.parent
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=f".{RUN}.", suffix=".probe")  # removed as stale if killed
+        try:
+            os.write(fd, b"probe")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as err:
+        _remove_empty(created)
+        raise UsageError(f"cannot write into --out {out}: {err.strerror or err}"
+                         f"{f' ({err.filename})' if err.filename and str(err.filename) != str(out) else ''}; "
+                         f"choose a folder you can create and write to") from None
+    return created
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders (deepest first) this command created, as long as they are still empty."""
+    for d in folders:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
+def _check_model(spec: str) -> None:
+    """Refuse a ``--model`` that names a local path but no checkpoint folder, without the network."""
+    from prune import loaders
+
+    try:
+        loaders._local_folder(spec)
+    except (FileNotFoundError, ValueError, OSError) as err:
+        raise UsageError(f"--model: {err}") from None
 
 
 def cmd_run(args) -> int:
@@ -181,45 +303,54 @@ def cmd_run(args) -> int:
 
     if args.task not in TASKS:
         raise UsageError(f"unknown task {args.task!r}; choose one of {', '.join(TASKS)}")
-    if args.checkpoint_every < 1:
-        raise UsageError(f"--checkpoint-every must be a positive number of steps, got {args.checkpoint_every}")
     try:
-        targets = [float(t) for t in args.target_edge_sparsity.split(",")]
+        targets = parse_fractions(args.target_edge_sparsity, "--target-edge-sparsity")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if len(set(targets)) != len(targets):
+        raise UsageError(f"--target-edge-sparsity lists a target twice: {args.target_edge_sparsity}")
+    names = [target_folder(t) for t in targets]
+    if len(set(names)) != len(names):  # cannot happen (the names read back exactly); never share a folder
+        raise UsageError(f"--target-edge-sparsity {args.target_edge_sparsity}: two targets would share a folder")
+    try:
         configs = [language_model_config(t, steps=args.steps, batch_size=args.batch_size) for t in targets]
     except ValueError as err:
         raise UsageError(f"{err}") from None
-    if len(set(targets)) != len(targets):
-        raise UsageError(f"--target-edge-sparsity lists a target twice: {args.target_edge_sparsity}")
-    run_dirs = [args.out / f"target-{t:g}" for t in targets]
+    _check_model(args.model)
+    run_dirs = [args.out / name for name in names]
     record = {"model": _model_key(args.model), "task": args.task, "n": args.n, "seed": args.seed,
               "ablation": args.ablation, "dtype": args.dtype, "steps": args.steps, "batch_size": args.batch_size}
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file, not a folder")
-    _check_out_dir(args, run_dirs, record)
-    args.out.mkdir(parents=True, exist_ok=True)
-    lock = _lock(args.out)
+    _check_out_dir(args, targets, run_dirs, record)
+    created = _make_out_dir(args.out)
     try:
-        return _run(args, targets, configs, run_dirs, record)
-    finally:
-        if lock is not None:
-            os.close(lock)  # releases the lock
+        lock = _lock(args.out)
+        try:
+            states = _check_out_dir(args, targets, run_dirs, record)  # again, under the lock
+            return _run(args, targets, configs, run_dirs, states, record)
+        finally:
+            if lock is not None:
+                os.close(lock)  # releases the lock
+    except BaseException:
+        _remove_empty(created)  # refused before writing anything: leave no empty --out behind
+        raise
 
 
-def _run(args, targets, configs, run_dirs, record) -> int:
+def _run(args, targets, configs, run_dirs, states, record) -> int:
     from prune import loaders
     from prune.edge_pruning import CheckpointError, EdgePruner
     from prune.tasks import make_task
 
-    states = [_state(d) if d.is_dir() else "empty" for d in run_dirs]  # again, under the lock
     for f in remove_stale_temp_files(args.out):
         print(f"removed {f}, a temporary file left by an interrupted run", file=sys.stderr)
     torch.set_num_threads(args.threads)
 
     summary: list[dict | None] = [None] * len(targets)
-    for i, (run_dir, state) in enumerate(zip(run_dirs, states)):
+    for i, (run_dir, state) in enumerate(zip(run_dirs, states, strict=True)):
         if state == "finished":
             summary[i] = json.loads((run_dir / METRICS).read_text())
-            print(f"target {targets[i]:g}: finished earlier, skipped ({run_dir / METRICS})", file=sys.stderr)
+            print(f"target {_shown(targets[i])}: finished earlier, skipped ({run_dir / METRICS})", file=sys.stderr)
     if all(m is not None for m in summary):
         if len(summary) > 1:
             _plot(summary, args.out / SWEEP)
@@ -238,17 +369,27 @@ def _run(args, targets, configs, run_dirs, record) -> int:
         task = make_task(args.task, _tokenizer_for(args.model, model_type), args.n, args.seed)
     except ValueError as err:
         raise UsageError(f"cannot make task {args.task!r} for {args.model!r}: {err}") from None
-    old_record = json.loads((args.out / RUN).read_text()) if (args.out / RUN).is_file() else {}
-    _write_json(args.out / RUN, {**old_record, **record, "targets": sorted({*old_record.get("targets", []), *targets})})
+    # Before anything is written: every checkpoint to resume is of this run (model, data, seed, configuration).
+    # One pruner at a time (each holds the ablated activations), dropped once its checkpoint has loaded.
+    for cfg, run_dir, state in zip(configs, run_dirs, states, strict=True):
+        if state == "checkpoint":
+            try:
+                EdgePruner(model, task.examples, ablation=args.ablation, seed=args.seed, config=cfg,
+                           model_name=str(args.model)).load(run_dir / CHECKPOINT)
+            except CheckpointError as err:
+                raise UsageError(str(err)) from None
+    old_record = _read_json(args.out / RUN, "the run to resume") if (args.out / RUN).is_file() else {}
+    old_targets = [t for t in old_record.get("targets", []) if isinstance(t, (int, float))]
+    atomic_write_json(args.out / RUN, {**old_record, **record, "targets": sorted({*old_targets, *targets})})
 
-    for i, (cfg, run_dir, state) in enumerate(zip(configs, run_dirs, states)):
+    for i, (cfg, run_dir, state) in enumerate(zip(configs, run_dirs, states, strict=True)):
         if summary[i] is not None:
             continue
         run_dir.mkdir(exist_ok=True)
         checkpoint = run_dir / CHECKPOINT
         pruner = EdgePruner(model, task.examples, ablation=args.ablation, seed=args.seed, config=cfg,
                             model_name=str(args.model))
-        where = f"target {cfg.target_sparsity:g} ({i + 1}/{len(targets)})"
+        where = f"target {_shown(targets[i])} ({i + 1}/{len(targets)})"
         if state == "checkpoint":
             try:
                 pruner.load(checkpoint)
@@ -265,11 +406,11 @@ def _run(args, targets, configs, run_dirs, record) -> int:
         except FloatingPointError as err:
             raise UsageError(str(err)) from None
         circuit = pruner.circuit()
-        circuit.save(run_dir / CIRCUIT)
+        atomic_write_json(run_dir / CIRCUIT, circuit.to_dict())  # Circuit.save's JSON; mode from the umask
         metrics = {"target_edge_sparsity": cfg.target_sparsity, "task": args.task, "ablation": args.ablation,
                    "seed": args.seed, "steps": cfg.steps,
                    **circuit_metrics(model, task, circuit, args.ablation)}
-        _write_json(run_dir / METRICS, metrics)
+        atomic_write_json(run_dir / METRICS, metrics)
         summary[i] = metrics
         print(json.dumps(metrics), flush=True)
     if len(summary) > 1:
@@ -299,32 +440,48 @@ def _plot(summary, path: Path) -> None:
     save_figure(fig, path)
 
 
+def _out_folder(text: str) -> Path:
+    """argparse ``type`` of ``--out``: a path, not an empty string (which would mean the current folder)."""
+    return Path(nonempty(text))
+
+
+def _threads(text: str) -> int:
+    return parse_int(text, "", minimum=1, maximum=MAX_THREADS)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="prune", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="prune", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="Edge Pruning on a Hugging Face model and a task")
-    p.add_argument("--model", required=True, help="local checkpoint folder or hub name")
+    p.add_argument("--model", required=True, type=nonempty, help="local checkpoint folder or hub name")
     p.add_argument("--task", required=True)
     p.add_argument("--target-edge-sparsity", required=True, help="one target in [0, 1], or several, comma-separated")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--n", type=int, default=200, help="examples")
-    p.add_argument("--steps", type=int, default=3000, help="training steps per target")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", type=_out_folder, required=True)
+    p.add_argument("--n", type=positive_int, default=200, help="examples")
+    p.add_argument("--steps", type=positive_int, default=3000, help="training steps per target")
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--ablation", default="resample", choices=["zero", "mean", "resample"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=random_seed, default=0, help="from 0 to 2**63 - 1")
     p.add_argument("--dtype", default="fp32", choices=list(_DTYPES))
-    p.add_argument("--checkpoint-every", type=int, default=100, metavar="N",
+    p.add_argument("--checkpoint-every", type=positive_int, default=100, metavar="N",
                    help="save DIR/target-<t>/checkpoint.safetensors every N steps (and at the end)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoints; finished targets are skipped")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (resume with the same number)")
+    p.add_argument("--threads", type=_threads, default=2,
+                   help=f"torch CPU threads, 1 to {MAX_THREADS} (resume with the same number)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
-    args = parser.parse_args(argv)
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # refused by the subcommand's parser, so that its --help is the one named
+            which = p if getattr(args, "command", None) == "run" else parser
+            which.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as done:  # --help, or a refusal ArgumentParser.error has printed
+        return done.code if isinstance(done.code, int) else 0 if done.code is None else 2
     try:
         return args.func(args)
     except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).splitlines())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; continue from the last checkpoint with the same command and --resume", file=sys.stderr)

@@ -19,10 +19,11 @@ Adam updates the log-alphas; in addition every log-alpha is pulled down by
 ``lr_t * decay`` per step, outside Adam (decoupled, as AdamW's weight decay).
 At the end every gate is binarised: an edge is kept when its noiseless gate is
 above 1/2 (``log_alpha > 0``), and edges into heads or MLPs whose output
-reaches nothing are dropped (they cannot affect the output). By default this
-thresholded circuit is then checked, and repaired where needed, against the
-training set (``finalize="exact"``, below); the thresholded circuit itself is
-kept in the circuit's metadata as ``threshold_edges``.
+reaches nothing are dropped (they cannot affect the output). That thresholded
+circuit is Edge Pruning's own; by default it then goes through the shared exact
+finalizer (:mod:`prune.finalize`) on the training set along the learned ranking
+(``finalize="exact"``, below), and the thresholded circuit is kept in the
+circuit's metadata as ``own_edges``.
 
 Defaults, and why they differ from the reference implementation. They were
 tuned so that, under zero ablation, the binarised circuit equals the verified
@@ -79,13 +80,13 @@ mostly zero; the defaults make the score-function signal usable.
   the same total movement of the gates and the multipliers in half the steps,
   and half the time. Exact recovery held on every program and seed measured
   (README), but the thresholded circuit of the largest programs is exact less
-  often, so the exact binarisation repairs more; ``steps=300, lr=0.1,
+  often, so the exact finalizer repairs more; ``steps=300, lr=0.1,
   lambda_lr=1e-4`` is the longer run.
 - ``finalize="exact"`` (reference: a fixed threshold for Tracr, or a threshold
   bisected to hit the target sparsity for language models). A Tracr program's
   functional ground truth is defined by exact reproduction of the decoded
-  outputs, and the exact binarisation holds the learned circuit to that same
-  criterion on the training set: while the circuit does not reproduce every
+  outputs, and the shared exact finalizer (:mod:`prune.finalize`) holds the
+  learned circuit to that same criterion on the training set: while the circuit does not reproduce every
   output, the shortest prefix of the learned ranking (decreasing log-alpha)
   that repairs it is found by bisection and its last edge, one the circuit
   needs, is added; then every kept edge whose removal keeps every output is
@@ -96,8 +97,8 @@ mostly zero; the defaults make the score-function signal usable.
   Where training falls short (the query/key edges of ``shuffle_dyck2``'s
   averaging heads end below the threshold) the repair finds them. How often
   the thresholded circuit alone is exact is reported next to every recovery
-  (``threshold exact`` in ``groundtruth recover``; README). Use
-  ``finalize="threshold"`` for Edge Pruning's circuit alone, and for language
+  (``own exact`` in ``groundtruth recover``). Use ``finalize="own"`` for
+  Edge Pruning's circuit alone, and for language
   models, whose circuits at a target sparsity do not reproduce every output
   (:func:`language_model_config`).
 """
@@ -105,6 +106,7 @@ mostly zero; the defaults make the score-function signal usable.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -112,20 +114,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from prune import hard_concrete
 from prune.ablation import ablated_writers, check_ablation
 from prune.circuit import Circuit
 from prune.data import Examples
-from prune.evaluate import circuit_agreement, full_logits
+from prune.evaluate import Evaluator, answer_loss, check_examples, full_logits
 from prune.files import atomic_path
+from prune.finalize import check_finalize, finalize
 from prune.model import Transformer
 
-__all__ = ["EdgePruningConfig", "EdgePruner", "CheckpointError", "edge_pruning", "faithfulness_loss",
-           "language_model_config"]
-
-FINALIZE = ("exact", "threshold")
+__all__ = ["EdgePruningConfig", "EdgePruner", "CheckpointError", "edge_pruning", "language_model_config"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -148,7 +147,7 @@ class EdgePruningConfig:
     loss_power: float = 0.5  # per-example faithfulness is raised to this power (0.5: RMS error, sqrt KL)
     samples: int = 2  # gate samples per example (>1: the score-function baseline is per example)
     decay: float = 0.25  # decoupled pull: every step log_alpha -= lr_t * decay (outside Adam)
-    finalize: str = "exact"  # "exact": faithful binarisation on the training set; "threshold": log_alpha > 0
+    finalize: str = "exact"  # "exact": the shared exact finalizer on the training set; "own": log_alpha > 0
 
     def __post_init__(self):
         for name in ("target_sparsity", "node_target_sparsity", "warmup"):
@@ -166,16 +165,15 @@ class EdgePruningConfig:
             raise ValueError(f"samples must be a positive int, got {self.samples!r}")
         if not (isinstance(self.decay, (int, float)) and self.decay >= 0):
             raise ValueError(f"decay must be >= 0, got {self.decay!r}")
-        if self.finalize not in FINALIZE:
-            raise ValueError(f"finalize must be one of {FINALIZE}, got {self.finalize!r}")
+        check_finalize(self.finalize)
 
 
 def language_model_config(target_sparsity: float, **overrides) -> EdgePruningConfig:
     """The configuration for a real language model at a chosen edge sparsity.
 
     A language model's circuit at a given sparsity is an approximation, not an
-    exact reproduction, so there is no exact binarisation (``finalize =
-    "threshold"``), and the step is the reference implementation's: one gate
+    exact reproduction, so there is no exact finalizer (``finalize="own"``:
+    the thresholded circuit), and the step is the reference implementation's: one gate
     sample per step shared by the batch, pathwise gradients only and a loss of
     plain KL. The reference's learning rates (0.8) assume its AdamW decay and
     gradient clipping; ours is plain Adam at the rates below, without the
@@ -199,32 +197,10 @@ def language_model_config(target_sparsity: float, **overrides) -> EdgePruningCon
     values = dict(
         steps=3000, batch_size=32, lr=0.1, lambda_lr=0.01, target_sparsity=target_sparsity, warmup=5 / 6,
         init_log_alpha=3.0, shared_gates=True, score_function=False, sparsity_in_edges=True, loss_power=1.0,
-        samples=1, decay=0.0, finalize="threshold",
+        samples=1, decay=0.0, finalize="own",
     )
     values.update(overrides)
     return EdgePruningConfig(**values)
-
-
-def faithfulness_loss(circuit_logits: torch.Tensor, full_logits: torch.Tensor, examples: Examples,
-                      answer: torch.Tensor, logit_scale: float = 1.0) -> torch.Tensor:
-    """Per example ``[B]``: KL(full || circuit) over the output classes (categorical) or
-    squared error (numerical), averaged over the example's answer positions."""
-    rows, cols = answer.nonzero(as_tuple=True)
-    return _answer_loss(circuit_logits[rows, cols], full_logits[rows, cols], rows, answer, examples.kind,
-                        logit_scale)
-
-
-def _answer_loss(circuit: torch.Tensor, full: torch.Tensor, rows: torch.Tensor, answer: torch.Tensor, kind: str,
-                 logit_scale: float) -> torch.Tensor:
-    """:func:`faithfulness_loss` from logits at the answer positions only (``[K, out]``, example ``rows``)."""
-    n = answer.sum(-1).clamp_min(1)
-    if kind == "numerical":
-        per_row = (circuit[:, 0] - full[:, 0]).pow(2)
-    else:
-        logp = F.log_softmax(logit_scale * circuit.float(), -1)  # [K, out]
-        logq = F.log_softmax(logit_scale * full.float(), -1)
-        per_row = (logq.exp() * (logq - logp)).sum(-1)  # [K]
-    return torch.zeros(answer.shape[0], dtype=per_row.dtype, device=per_row.device).index_add_(0, rows, per_row) / n
 
 
 class _Lagrangian(torch.nn.Module):
@@ -243,9 +219,13 @@ class CheckpointError(ValueError):
 
 
 def _fingerprint(model: Transformer, examples: Examples) -> str:
-    """What a checkpoint must match to be resumed: the graph, the weights' shapes and the data."""
+    """What a checkpoint must match to be resumed: the graph, the weights (their bytes, not only
+    their shapes: a checkpoint resumed on other weights would train one run on two models) and the data."""
     h = hashlib.sha256()
     h.update(repr((model.graph.n_layers, model.graph.n_heads, model.cfg.d_model, model.cfg.vocab_size)).encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     for t in (examples.clean, examples.corrupted, examples.valid, examples.answer):
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
@@ -264,6 +244,7 @@ class EdgePruner:
         check_ablation(ablation)
         if len(examples) == 0:
             raise ValueError("empty dataset: Edge Pruning needs at least one example")
+        check_examples(model, examples)
         self.model, self.examples, self.ablation = model, examples, ablation
         self.seed, self.model_name = seed, model_name
         g = model.graph
@@ -335,7 +316,7 @@ class EdgePruner:
                        positions=batch.answer)  # [K, out]: answer positions only
         rows = batch.answer.nonzero(as_tuple=True)[0]
         reference = self.reference[(self.answer_row if whole else self.answer_row[idx])[batch.answer]]
-        per_example = _answer_loss(logits, reference, rows, batch.answer, ex.kind, cfg.logit_scale)
+        per_example = answer_loss(logits, reference, rows, batch.answer, ex.kind, cfg.logit_scale)
         if cfg.loss_power != 1.0:
             per_example = per_example.clamp_min(1e-12).pow(cfg.loss_power)
         faith = per_example.mean()
@@ -385,6 +366,8 @@ class EdgePruner:
 
     def run(self, *, quiet: bool = True, checkpoint: str | Path | None = None, every: int = 100) -> "EdgePruner":
         """Train to the last step; with ``checkpoint``, save there every ``every`` steps and at the end."""
+        from tqdm import tqdm  # only here: `import prune` needs torch, numpy and safetensors alone
+
         bar = tqdm(total=self.cfg.steps, initial=self.step_index, desc="edge pruning", disable=quiet, leave=False)
         while not self.done:
             stats = self.step()
@@ -397,6 +380,11 @@ class EdgePruner:
         return self
 
     # ------------------------------------------------------------------ checkpoints
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Of the model's weights and the data (computed once: the weights are frozen)."""
+        return _fingerprint(self.model, self.examples)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every tensor a resumed run needs to continue bit for bit."""
         state = {"log_alpha": self.log_alpha.detach(), "generator": self.generator.get_state(),
@@ -413,7 +401,7 @@ class EdgePruner:
     def _metadata(self) -> dict[str, str]:
         return {"format": "edge-pruning-checkpoint/1", "step": str(self.step_index), "seed": str(self.seed),
                 "ablation": self.ablation, "config": json.dumps(dataclasses.asdict(self.cfg), sort_keys=True),
-                "fingerprint": _fingerprint(self.model, self.examples), "history": json.dumps(self.history),
+                "fingerprint": self.fingerprint, "history": json.dumps(self.history),
                 "seconds": repr(self.seconds)}
 
     def save(self, path: str | Path) -> Path:
@@ -474,115 +462,23 @@ class EdgePruner:
                 keep &= (self.node_log_alpha > 0)[g.edge_index_tensor[0].to(keep.device)]
         return keep.cpu()
 
-    def _exact_binarisation(self, keep: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """The smallest change to ``keep`` that reproduces the model on the training set.
-
-        First, while the circuit does not reproduce every decoded output, find
-        by bisection the shortest prefix of the learned ranking (edges by
-        decreasing log-alpha) whose union with the circuit does (the full graph
-        always does), and add that prefix's last edge: without it the prefix
-        fails, so the circuit needs it. Each repair costs one bisection and adds
-        one edge, instead of a whole prefix to be pruned back. Then drop, lowest
-        log-alpha first, every kept edge whose removal keeps every output, in
-        passes until each remaining edge has been found necessary given all the
-        others.
-        """
-        model, ex, abl = self.model, self.examples, self.ablated
-        ref = full_logits(model, ex)  # every position: agreement is judged on the decoded outputs
-        evaluations = 0
-        # Examples that broke a recent candidate are tried first, alone: most candidates that
-        # fail, fail on them, and then the rest of the set need not run. The answer is the same.
-        witnesses = torch.zeros(0, dtype=torch.long)
-
-        def agree(index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            part = None if abl is None else (abl if abl.shape[1] == 1 else abl[:, index])
-            return circuit_agreement(model, ex.subset(index), mask.float(), self.ablation, reference=ref[index],
-                                     ablated=part)
-
-        def faithful(mask: torch.Tensor) -> bool:
-            nonlocal evaluations, witnesses
-            evaluations += 1
-            if len(witnesses) and not bool(agree(witnesses, mask).all()):
-                return False
-            rest = torch.ones(len(ex), dtype=torch.bool)
-            rest[witnesses] = False
-            rest = rest.nonzero().flatten()
-            ok = agree(rest, mask)
-            if bool(ok.all()):
-                return True
-            witnesses = torch.cat([rest[~ok][:16], witnesses])[:64]
-            return False
-
-        scores = self.log_alpha.detach().cpu()
-        order = torch.argsort(scores, descending=True, stable=True)
-        keep = keep.clone()
-        added: list[int] = []
-        hi = len(order)  # keep | order[:hi] is faithful (the full graph always is)
-        while not faithful(keep):
-            # The shortest prefix of the ranking that, added to keep, is faithful; its last edge is
-            # one that keep lacks (without it the prefix fails), so it joins keep, and the search
-            # repeats within that prefix until keep is faithful: one bisection per edge added.
-            lo = 0  # keep | order[:lo] (= keep) is not faithful
-
-            def prefix(k: int) -> torch.Tensor:
-                m = keep.clone()
-                m[order[:k]] = True
-                return m
-
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if faithful(prefix(mid)):
-                    hi = mid
-                else:
-                    lo = mid
-            edge = int(order[hi - 1])
-            keep[edge] = True
-            added.append(edge)
-            hi -= 1  # keep | order[:hi] is the faithful prefix just found
-
-        grown_size = int(keep.sum())
-        # Then remove kept edges, lowest log-alpha first, until every kept edge has been found
-        # necessary since the last removal (an edge found necessary before a later removal is tried
-        # again in the next pass). Low-ranked kept edges tend to come in runs that can all go, so
-        # the edges are tried in blocks that double after a removal and halve after a failure, down
-        # to single edges: a run of r removable edges costs about 2 log2(r) evaluations, not r.
-        necessary: set[int] = set()
-        while todo := [i for i in reversed(order.tolist()) if keep[i] and i not in necessary]:
-            at, size = 0, 1
-            while at < len(todo):
-                block = todo[at : at + size]
-                keep[block] = False
-                if faithful(keep):
-                    necessary.clear()
-                    at, size = at + len(block), 2 * size
-                else:
-                    keep[block] = True
-                    if len(block) == 1:
-                        necessary.add(block[0])
-                        at += 1
-                    else:
-                        size = len(block) // 2
-        return keep, {"added": len(added), "removed": grown_size - int(keep.sum()), "evaluations": evaluations}
-
     def circuit(self) -> Circuit:
-        """The binarised circuit (see ``EdgePruningConfig.finalize``), without dead ends."""
+        """The circuit: the thresholded one (Edge Pruning's own: ``log_alpha > 0``, no dead ends), through
+        the shared exact finalizer along the learned ranking unless ``finalize="own"``."""
         g = self.model.graph
         start = time.perf_counter()
-        keep = self.threshold_mask()
-        threshold_circuit = Circuit.from_mask(g, keep.float(), ablation=self.ablation, model=self.model_name,
-                                              d_model=self.model.cfg.d_model).without_dead_ends()
         metadata = {"seed": self.seed, "config": dataclasses.asdict(self.cfg), "steps_done": self.step_index,
-                    "history": self.history, "threshold_edges": list(threshold_circuit.edges)}
-        if self.cfg.finalize == "exact":
-            keep, metadata["finalize"] = self._exact_binarisation(g.edge_mask(threshold_circuit.edges).bool())
-        else:
-            keep = g.edge_mask(threshold_circuit.edges).bool()
-        metadata["seconds"] = round(self.seconds + time.perf_counter() - start, 3)
+                    "history": self.history}
         circuit = Circuit.from_mask(
-            g, keep.float(), ablation=self.ablation, model=self.model_name, d_model=self.model.cfg.d_model,
-            scores=tuple(self.log_alpha.detach().cpu().tolist()), method="edge_pruning", metadata=metadata,
-        )
-        return circuit.without_dead_ends()
+            g, self.threshold_mask().float(), ablation=self.ablation, model=self.model_name,
+            d_model=self.model.cfg.d_model, scores=tuple(self.log_alpha.detach().cpu().tolist()),
+            method="edge_pruning", metadata=metadata,
+        ).without_dead_ends()
+        if self.cfg.finalize == "exact":
+            evaluator = Evaluator(self.model, self.examples, self.ablation)
+            circuit = finalize(circuit, evaluator, self.log_alpha.detach().cpu())
+        circuit.metadata["seconds"] = round(self.seconds + time.perf_counter() - start, 3)
+        return circuit
 
 
 def edge_pruning(
@@ -597,14 +493,18 @@ def edge_pruning(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     checkpoint_every: int = 100,
+    finalize: str | None = None,
 ) -> Circuit:
     """Find a circuit of ``model`` on ``examples`` under ``ablation``; the same seed gives the same circuit.
 
     With ``checkpoint``, the run's state is saved there (safetensors, atomic)
     every ``checkpoint_every`` steps and at the end; with ``resume`` it first
     continues from that file, and a resumed run ends with the same circuit as
-    an uninterrupted one.
+    an uninterrupted one. ``finalize`` (``"exact"`` or ``"own"``), when given,
+    replaces ``config.finalize``, as for every other method.
     """
+    if finalize is not None:
+        config = dataclasses.replace(config or EdgePruningConfig(), finalize=check_finalize(finalize))
     pruner = EdgePruner(model, examples, ablation=ablation, seed=seed, config=config, model_name=model_name)
     if resume:
         if checkpoint is None:

@@ -1,13 +1,34 @@
-"""Writing files so that a stopped run never leaves a partial one."""
+"""Writing files so that a stopped run never leaves a partial one.
+
+:func:`atomic_path` is the project's one way to write a file atomically; the
+``atomic_write_*`` helpers and :func:`save_figure` are built on it. Files get
+the mode an ordinary ``open()`` would give them (``0o666`` less the umask),
+not ``tempfile.mkstemp``'s private ``0o600``.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 
-__all__ = ["atomic_path", "save_figure"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "save_figure"]
+
+
+def _create_temp(path: Path) -> Path:
+    """Create an empty ``.<name>.<random>.tmp`` beside ``path``, mode ``0o666`` less the umask, as open() does."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 @contextlib.contextmanager
@@ -16,18 +37,45 @@ def atomic_path(path: str | Path):
 
     On leaving the block normally it is renamed to ``path`` (atomic on one file
     system); on any exception, interrupts included, it is removed and ``path``
-    keeps its old contents.
+    keeps its old contents. The file is created empty, with the mode an
+    ordinary ``open()`` gives (``0o666`` less the umask); write to it by name.
+    A writer that replaces the file by its own (safetensors makes ``0o600``
+    files) has that mode restored before the rename.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = _create_temp(path)
     try:
-        yield Path(tmp)
+        mode = stat.S_IMODE(os.stat(tmp).st_mode)  # 0o666 less the umask, as the OS applied it
+        yield tmp
+        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:  # a writer that made its own file (safetensors: 0o600)
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_path`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj, *, indent: int | None = 1) -> Path:
+    """Write ``obj`` as JSON (``json.dumps(obj, indent=indent)``, no trailing newline) to ``path`` atomically.
+
+    The object is serialised before anything is created, so an object JSON
+    cannot hold leaves no temporary file behind.
+    """
+    return atomic_write_text(path, json.dumps(obj, indent=indent))
 
 
 def save_figure(fig, path: str | Path, *, dpi: int = 120) -> Path:

@@ -32,7 +32,6 @@ __all__ = ["Graph"]
 
 _HEAD_RE = re.compile(r"^a(\d+)\.h(\d+)$")
 _MLP_RE = re.compile(r"^m(\d+)$")
-_HEAD_READER_RE = re.compile(r"^a(\d+)\.h(\d+)<([qkv])>$")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LEFT", "RIGHT", "BETA", "sample", "prob_nonzero", "log_prob_ends", "deterministic"]
+__all__ = ["LEFT", "RIGHT", "BETA", "sample", "prob_nonzero", "log_prob_ends"]
 
 LEFT, RIGHT, BETA = -0.1, 1.1, 2.0 / 3.0
 _EPS = 1e-6
@@ -46,8 +46,3 @@ def log_prob_ends(log_alpha: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     zero, one = z <= 0, z >= 1
     return torch.where(zero, F.logsigmoid(at_zero), torch.zeros_like(z)) + torch.where(
         one, F.logsigmoid(at_one), torch.zeros_like(z))
-
-
-def deterministic(log_alpha: torch.Tensor) -> torch.Tensor:
-    """The gate without noise: ``clip(sigmoid(log_alpha) * (RIGHT - LEFT) + LEFT, 0, 1)``."""
-    return (torch.sigmoid(log_alpha) * (RIGHT - LEFT) + LEFT).clamp(0.0, 1.0)

@@ -89,6 +89,23 @@ def _rope(config) -> tuple[str, float]:
     return rope_type, float(theta)
 
 
+def _check_sizes(config, positive: tuple[str, ...], optional: tuple[str, ...] = (), eps: tuple[str, ...] = ()):
+    """Refuse sizes no model can have (``n_head: 0``, a string, a negative count) with the field's name."""
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for name in (*positive, *optional):
+        value = getattr(config, name, None)
+        if value is None and name in optional:
+            continue
+        if not is_int(value) or value < 1:
+            raise ValueError(f"{name} = {value!r} in the config; it must be a positive integer (fix config.json)")
+    for name in eps:
+        value = getattr(config, name, None)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
+            raise ValueError(f"{name} = {value!r} in the config; it must be a positive number (fix config.json)")
+
+
 def _gpt2_config(config) -> TransformerConfig:
     # Options that change GPT-2's attention in ways our model does not compute.
     wanted = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False}
@@ -104,6 +121,8 @@ def _gpt2_config(config) -> TransformerConfig:
         raise NotImplementedError(
             f"GPT-2 activation_function={act!r} is not supported; supported: {sorted(_GPT2_ACTIVATIONS)}"
         )
+    _check_sizes(config, ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"), ("n_inner",),
+                 ("layer_norm_epsilon",))
     D, H = config.n_embd, config.n_head
     if D % H:
         raise ValueError(f"GPT-2 n_embd={D} is not a multiple of n_head={H}")
@@ -131,12 +150,21 @@ def _llama_config(config) -> TransformerConfig:
             "Llama mlp_bias=True is not supported: the model has no gate-projection bias; "
             "add one to prune.model.Block before converting such a checkpoint"
         )
+    _check_sizes(config, ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                          "num_attention_heads", "max_position_embeddings"), ("num_key_value_heads", "head_dim"),
+                 ("rms_norm_eps",))
     D, H = config.hidden_size, config.num_attention_heads
+    G = getattr(config, "num_key_value_heads", None) or H
+    if H % G:
+        raise ValueError(f"num_attention_heads={H} is not a multiple of num_key_value_heads={G} in the config "
+                         f"(fix config.json)")
     head_dim = getattr(config, "head_dim", None) or D // H
+    if head_dim < 1:
+        raise ValueError(f"hidden_size={D} over num_attention_heads={H} leaves no head dimension (fix config.json)")
     bias = bool(getattr(config, "attention_bias", False))
     return TransformerConfig(
         vocab_size=config.vocab_size, d_model=D, n_layers=config.num_hidden_layers, n_heads=H,
-        n_kv_heads=getattr(config, "num_key_value_heads", None) or H, d_head=head_dim,
+        n_kv_heads=G, d_head=head_dim,
         d_mlp=config.intermediate_size, n_positions=config.max_position_embeddings,
         norm="rmsnorm", norm_eps=config.rms_norm_eps, activation="silu", gated_mlp=True,
         positional="rotary", rope_theta=theta, causal=True,
@@ -175,7 +203,13 @@ def _load_config(config_or_path):
         from transformers import AutoConfig
 
         local = _local_folder(config_or_path)
-        return AutoConfig.from_pretrained(str(local or config_or_path), local_files_only=local is not None)
+        if local is None:
+            return AutoConfig.from_pretrained(os.fspath(config_or_path))
+        try:
+            return AutoConfig.from_pretrained(str(local), local_files_only=True)
+        except Exception as err:  # noqa: BLE001 (a broken config.json makes transformers raise anything)
+            raise ValueError(f"{local / 'config.json'} is not a usable config ({type(err).__name__}: "
+                             f"{_one_line(err)}); fix it or re-save the checkpoint") from None
     return config_or_path
 
 
@@ -210,7 +244,8 @@ def available_bytes() -> int:
     return 2**63 - 1
 
 
-def check_memory(config_or_path, dtype: torch.dtype = torch.float32, *, copies: int = 2, available: int | None = None) -> int:
+def check_memory(config_or_path, dtype: torch.dtype = torch.float32, *, copies: int = 2,
+                 available: int | None = None) -> int:
     """Raise ``MemoryError`` if ``copies`` copies of the model don't fit; return the bytes needed.
 
     Reads only the config. ``copies=2``: the HF model and the converted one are
@@ -246,7 +281,7 @@ def _convert_gpt2(hf, cfg: TransformerConfig, model: Transformer, done: set):
     t = hf.transformer
     _copy(model.W_E, t.wte.weight, "W_E", done)
     _copy(model.W_pos, t.wpe.weight[: cfg.n_positions], "W_pos", done)
-    for l, (ours, theirs) in enumerate(zip(model.blocks, t.h)):
+    for l, (ours, theirs) in enumerate(zip(model.blocks, t.h, strict=True)):
         p = f"blocks.{l}."
         w, b = theirs.attn.c_attn.weight, theirs.attn.c_attn.bias  # [D, 3D], [3D]; columns q|k|v, head-major
         for i, (W, B) in enumerate([(ours.W_Q, ours.b_Q), (ours.W_K, ours.b_K), (ours.W_V, ours.b_V)]):
@@ -272,12 +307,12 @@ def _convert_llama(hf, cfg: TransformerConfig, model: Transformer, done: set):
     H, G, E, D = cfg.n_heads, cfg.kv_heads, cfg.d_head, cfg.d_model
     m = hf.model
     _copy(model.W_E, m.embed_tokens.weight, "W_E", done)
-    for l, (ours, theirs) in enumerate(zip(model.blocks, m.layers)):
+    for l, (ours, theirs) in enumerate(zip(model.blocks, m.layers, strict=True)):
         p, a, mlp = f"blocks.{l}.", theirs.self_attn, theirs.mlp
         # nn.Linear weights are [out, in] with out head-major: [n*E, D] -> [n, D, E].
         for n, (W, B, proj, heads) in zip("QKV", [(ours.W_Q, ours.b_Q, a.q_proj, H),
                                                    (ours.W_K, ours.b_K, a.k_proj, G),
-                                                   (ours.W_V, ours.b_V, a.v_proj, G)]):
+                                                   (ours.W_V, ours.b_V, a.v_proj, G)], strict=True):
             _copy(W, proj.weight.reshape(heads, E, D).transpose(1, 2), p + f"W_{n}", done)
             if cfg.attn_bias:
                 _copy(B, proj.bias.reshape(heads, E), p + f"b_{n}", done)
@@ -318,19 +353,180 @@ def convert(hf_model, *, dtype: torch.dtype = torch.float32) -> Transformer:
 
 
 # ----------------------------------------------------------------- loading
+# Files Hugging Face reads from a checkpoint folder: a dangling link by such a name is refused.
+_READ_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".pt", ".pth", ".msgpack", ".h5", ".tiktoken")
+
+
+def _check_entries(folder: Path) -> None:
+    """Refuse a checkpoint folder holding a FIFO, socket or device (reading one blocks or fails) or a dangling
+    link by a name Hugging Face would read: checked with ``os.stat``, before any file is opened."""
+    import stat
+
+    with os.scandir(folder) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            path = Path(entry.path)
+            try:
+                mode = os.stat(path).st_mode  # follows links: the hub's cache links files to blobs
+            except OSError as err:
+                if entry.name.endswith(_READ_SUFFIXES):
+                    raise FileNotFoundError(
+                        f"{path} cannot be read ({err.strerror or err}): a dangling or looping link? "
+                        f"replace it with the file itself") from None
+                continue
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                        else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
+                raise ValueError(f"{path} is not a regular file ({kind}): reading it would block or fail; "
+                                 f"replace it with the file itself")
+
+
+def _looks_local(text: str) -> bool:
+    """Whether a model spec that names nothing on disk was meant as a path rather than a hub name.
+
+    Hub names are ``name`` or ``owner/name``. Anything absolute, starting with
+    ``.`` or ``~``, with more than one ``/``, or whose first component is an
+    existing folder (``models/gpt2-typo`` beside ``models/``) is a path.
+    """
+    if not text or os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") > 1:
+        return True
+    seps = {"/", os.sep, *(os.altsep or "")}
+    if any(sep in text for sep in seps):
+        first = text.replace(os.sep, "/").replace(os.altsep or "/", "/").split("/")[0]
+        return os.path.isdir(first) or os.sep != "/" and os.sep in text
+    return False
+
+
 def _local_folder(path) -> Path | None:
-    """The folder ``path`` names, None for a hub name; raise if a path names nothing usable."""
-    p = Path(os.path.expanduser(os.fspath(path)))
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise FileNotFoundError(f"checkpoint folder {str(p)!r} has no config.json; is it a Hugging Face checkpoint?")
-        return p
+    """The folder ``path`` names, None for a hub name; raise if a path names nothing usable.
+
+    Decided from the file system alone, before any network access: a spec that
+    looks like a path (see :func:`_looks_local`) but is no folder is an error,
+    not a hub name to look up.
+    """
     text = os.fspath(path)
-    looks_local = isinstance(path, os.PathLike) or p.is_absolute() or text.startswith((".", "~")) or p.exists()
-    # Hub names are "name" or "owner/name"; anything else is meant as a path.
-    if looks_local or text.count("/") > 1 or os.sep != "/" and os.sep in text:
-        raise FileNotFoundError(f"no checkpoint folder at {text!r}; pass an existing folder with config.json, or a hub name")
+    if not text.strip():
+        raise FileNotFoundError("the model is an empty string; pass a checkpoint folder or a hub name")
+    p = Path(os.path.expanduser(text))
+    if p.is_dir():
+        _check_entries(p)
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(
+                f"checkpoint folder {str(p)!r} has no config.json; is it a Hugging Face checkpoint?")
+        return p
+    if os.path.lexists(p):  # a file, or a link to nothing
+        what = "a file" if p.exists() else "a link to nothing (or a loop of links)"
+        raise FileNotFoundError(f"no checkpoint folder at {text!r}: it is {what}; pass the checkpoint's folder")
+    if isinstance(path, os.PathLike) or _looks_local(text):
+        raise FileNotFoundError(f"no checkpoint folder at {text!r}; check the path "
+                                f"(a hub name is 'name' or 'owner/name')")
     return None
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _weight_files(folder: Path) -> dict[str, Path]:
+    """The safetensors files of a checkpoint folder: tensor name -> file (``""`` -> the single file)."""
+    import json
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            return {str(k): folder / str(v) for k, v in weight_map.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"{index} is not a safetensors index ({_one_line(err)}); re-save or re-download "
+                             f"the checkpoint") from None
+    single = folder / "model.safetensors"
+    return {"": single} if single.exists() else {}
+
+
+def _check_safetensors(path: Path) -> None:
+    """Refuse a safetensors file that is not a regular file, has no valid header, or is shorter than its
+    header says (a copy or download cut short), before the library maps it."""
+    import json
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise FileNotFoundError(f"{path} cannot be read ({err.strerror or err}); the checkpoint lists it") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path} is not a regular file: reading it would block or fail; "
+                         f"replace it with the file itself")
+    size, fix = st.st_size, "re-save or re-download the checkpoint"
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{path} is truncated: {size} bytes, too short for a safetensors header; {fix}")
+        n = int.from_bytes(head, "little")
+        if n > 100 * 1024**2:
+            raise ValueError(f"{path} is not a safetensors file (its header would be {n} bytes); {fix}")
+        if 8 + n > size:
+            raise ValueError(f"{path} is truncated: its header needs {8 + n} bytes, the file has {size}; {fix}")
+        try:
+            header = json.loads(f.read(n))
+            ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
+            raise ValueError(f"{path} is not a safetensors file (bad header: {_one_line(err)}); {fix}") from None
+    need = 8 + n + max(ends, default=0)
+    if size < need:
+        raise ValueError(f"{path} is truncated: its header describes {need} bytes of tensors, the file has {size}; "
+                         f"{fix}")
+
+
+def _load_weights(where: str, local: Path | None, dtype):
+    """``AutoModelForCausalLM.from_pretrained``, refusing weights that do not fit the config.
+
+    Transformers would log a table and re-initialise tensors whose shapes
+    differ from the config's, or that are missing; here either is an error
+    naming the file and the tensor.
+    """
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    files = _weight_files(local) if local is not None else {}
+    for f in sorted(set(files.values())):
+        _check_safetensors(f)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report: refused below, as one line
+    try:
+        hf, info = AutoModelForCausalLM.from_pretrained(
+            where, local_files_only=local is not None, ignore_mismatched_sizes=True, output_loading_info=True,
+            **_from_pretrained_kwargs(dtype))
+    except (OSError, MemoryError):
+        raise
+    except Exception as err:  # noqa: BLE001 (a broken checkpoint makes transformers raise anything)
+        if local is None:
+            raise
+        raise ValueError(f"cannot load the weights in {local}: {type(err).__name__}: {_one_line(err)}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+    def file_of(key: str) -> str:
+        if "" in files:
+            return str(files[""])
+        for k, f in files.items():
+            if key == k or key.endswith("." + k) or k.endswith("." + key):
+                return str(f)
+        return str(local or where)
+
+    order = {k: i for i, k in enumerate(hf.state_dict())}
+    config_file = f"{local / 'config.json'}" if local is not None else f"the config of {where}"
+    mismatched = sorted(info.get("mismatched_keys") or (), key=lambda m: (order.get(m[0], len(order)), m[0]))
+    if mismatched:
+        key, theirs, ours = mismatched[0]
+        more = f" (and {len(mismatched) - 1} more tensors)" if len(mismatched) > 1 else ""
+        raise ValueError(
+            f"{file_of(key)}: tensor {key} has shape {tuple(theirs)} but {config_file} makes it {tuple(ours)}{more}; "
+            f"the weights and config.json are of different models: use the config.json saved with these weights")
+    missing = sorted(info.get("missing_keys") or (), key=lambda k: (order.get(k, len(order)), k))
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ValueError(f"{local or where} has no weights for {missing[0]}{more}, which {config_file} needs; "
+                         f"re-save or re-download the checkpoint")
+    return hf
 
 
 def _from_pretrained_kwargs(dtype) -> dict[str, Any]:
@@ -360,15 +556,13 @@ def from_hf(model_or_path_or_name, *, dtype: torch.dtype = torch.float32) -> Tra
         raise TypeError(
             f"from_hf takes a Hugging Face model, a checkpoint folder or a hub name, got {type(source).__name__}"
         )
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     local = _local_folder(source)
     where = str(local or source)
-    config = AutoConfig.from_pretrained(where, local_files_only=local is not None)
-    _model_type(config)
-    transformer_config(config)  # unsupported options fail here, before the weights load
+    config = _load_config(source)
+    try:
+        _model_type(config)
+        transformer_config(config)  # unsupported options and impossible sizes fail here, before the weights load
+    except (ValueError, NotImplementedError) as err:
+        raise type(err)(f"{local / 'config.json' if local is not None else where}: {err}") from None
     check_memory(config, dtype)
-    hf = AutoModelForCausalLM.from_pretrained(
-        where, local_files_only=local is not None, **_from_pretrained_kwargs(dtype)
-    )
-    return convert(hf, dtype=dtype)
+    return convert(_load_weights(where, local, dtype), dtype=dtype)

@@ -16,6 +16,11 @@ Every writer's output is exact: a head's share of the attention output bias is
 ``b_O / n_heads`` and the MLP owns its output bias, so the writers sum to the
 residual stream and plain and masked (all masks 1) runs agree.
 
+Each :class:`Block` holds a layer's weights (TransformerLens names and shapes)
+and computes its attention and MLP; the model reads their inputs and writes
+their outputs. :meth:`Transformer.run_with_cache` gives every writer's output by
+name. The autograd kernels behind masked reads are in :mod:`prune._masked_read`.
+
 Shapes: B batch, S positions, D d_model, H query heads, G key/value heads,
 E d_head, F d_mlp, W writers, R readers.
 """
@@ -29,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prune._masked_read import _Residual, _RMSNorm
 from prune.graph import Graph
 
 __all__ = ["TransformerConfig", "Transformer"]
@@ -101,37 +107,6 @@ class TransformerConfig:
         return cls(**d)
 
 
-class _RMSNorm(torch.autograd.Function):
-    """``weight * x / sqrt(mean(x^2) + eps)`` over the last dim, in few passes over memory.
-
-    Masked mode norms one input per reader (``[3H, B, S, D]`` per layer), so the
-    norm is a visible part of a step; autograd over the textbook expression
-    allocates and traverses that tensor about a dozen times, this about five.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, eps):
-        D = x.shape[-1]
-        r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).pow_(2).div_(D).add_(eps).rsqrt_()  # [..., 1]
-        y = x * r
-        ctx.save_for_backward(x, weight, r)
-        return y.mul_(weight)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight, r = ctx.saved_tensors
-        D = x.shape[-1]
-        gw = grad * weight  # d loss / d (x * r)
-        dx = torch.mul(gw, x)
-        dot = dx.sum(-1, keepdim=True)  # [..., 1]
-        torch.mul(gw, r, out=dx)
-        dx.addcmul_(x, r.pow(3).mul_(dot).div_(-D))  # d(x r)/dx = r - x r^3 x^T / D
-        grad_weight = None
-        if ctx.needs_input_grad[1]:
-            grad_weight = (grad * x * r).reshape(-1, D).sum(0)
-        return dx, grad_weight, None
-
-
 class _Norm(nn.Module):
     def __init__(self, kind: Norm, d: int, eps: float):
         super().__init__()
@@ -153,11 +128,28 @@ class _Norm(nn.Module):
         return _RMSNorm.apply(x, self.weight, self.eps)
 
 
+_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu,
+                "gelu_tanh": lambda t: F.gelu(t, approximate="tanh")}
+
+
+def _apply_rotary(x, cos, sin):  # x [..., S, E], cos/sin [S, E]; Llama's rotate-half convention
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
 class Block(nn.Module):
-    """Weights of one layer. Heads are kept apart so each reader can use its own slice."""
+    """One layer: its weights (TransformerLens names and shapes) and its attention and MLP.
+
+    Heads are kept apart so each reader can use its own slice. The block does
+    not add to the residual stream: :class:`Transformer` reads the inputs
+    (one shared stream, or one per reader when masked), norms them with
+    ``ln1``/``ln2``, and writes what ``attention`` and ``mlp`` return.
+    """
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
+        self.cfg = cfg
         H, G, D, E, Fh = cfg.n_heads, cfg.kv_heads, cfg.d_model, cfg.d_head, cfg.d_mlp
         self.ln1 = _Norm(cfg.norm, D, cfg.norm_eps)
         self.W_Q = nn.Parameter(torch.zeros(H, D, E))
@@ -175,138 +167,74 @@ class Block(nn.Module):
         self.b_in = nn.Parameter(torch.zeros(Fh)) if cfg.mlp_bias else None
         self.b_out = nn.Parameter(torch.zeros(D)) if cfg.mlp_bias else None
 
+    def attention(self, xq, xk, xv, attention_mask, rotary, heads=None):
+        """Per-head outputs ``[H, B, S, D]`` (bias share included).
 
-class _Grads:
-    """Gradients of one masked forward pass, accumulated in place by the reads' backward passes.
+        ``xq``/``xk``/``xv`` are normed inputs, either shared ``[B, S, D]`` (plain)
+        or one per query head ``[H, B, S, D]`` (masked, ungrouped key/value).
+        ``attention_mask``: ``[B, S]``, 0 at padding keys, or None. ``rotary``:
+        ``(cos, sin)``, each ``[S, E]``, or None (learned positions).
+        ``heads`` (masked only): the query heads to run, ``[h]`` indices, when
+        the inputs are those heads' only; the output is then ``[h, B, S, D]``.
+        """
+        cfg = self.cfg
+        H, G = cfg.n_heads, cfg.kv_heads
+        group = H // G
+        W_Q, b_Q, W_O = self.W_Q, self.b_Q, self.W_O
+        if heads is not None:
+            W_Q, W_O, b_Q = W_Q[heads], W_O[heads], None if b_Q is None else b_Q[heads]
+        n = W_Q.shape[0]  # query heads run
 
-    Autograd would give every read's backward a fresh ``[n, B, S, D]`` gradient
-    for all n writers before it and then add those up per writer, and a
-    full-size gradient of the mask per read (the backward of slicing it): for a
-    GPT-2-sized graph that is most of an Edge Pruning step, in allocation and
-    memory traffic. Instead each read's backward adds ``z @ grad`` into one
-    writer buffer (``addmm_``) and writes its readers' columns of one mask
-    buffer; autograd gets a writer's gradient once, from the first read after
-    the writer, and the mask's from the first read of all (see ``_ReadWriters``).
-    """
+        def project(x, W, b, n):  # -> [B, n, S, E]; matmuls (einsum is slow on CPU here)
+            if x.ndim == 3:  # one input for all heads
+                Bx, Sx, Dx = x.shape
+                y = (x.reshape(Bx * Sx, Dx) @ W.permute(1, 0, 2).reshape(Dx, -1)).view(Bx, Sx, n, -1).transpose(1, 2)
+            else:  # one input per head. W^T x^T: the long side (B*S) as the matmul's columns, not d_head
+                _, Bx, Sx, Dx = x.shape  # (4x faster for Tracr's d_head of 7; the same for 64)
+                y = torch.matmul(W.transpose(1, 2), x.reshape(n, Bx * Sx, Dx).transpose(1, 2))  # [n, E, B*S]
+                y = y.view(n, -1, Bx, Sx).permute(2, 0, 3, 1)
+            return y if b is None else y + b[None, :, None, :]
 
-    def __init__(self, stack: torch.Tensor, z: torch.Tensor):
-        self.stack, self.z = stack, z
-        self.writers: torch.Tensor | None = None  # [W, B, S, D]
-        self.mask: torch.Tensor | None = None  # like z
+        def expand(W, b):  # key/value weights of the group, per query head run
+            if group == 1 and heads is None:
+                return W, b
+            idx = (torch.arange(H, device=W.device) if heads is None else heads) // group
+            return W[idx], None if b is None else b[idx]
 
-    def start(self, n: int) -> None:  # by the last read's backward, which runs first and reads n writers
-        # Rows :n are about to be written whole by that read (no need to zero them).
-        self.writers = torch.empty_like(self.stack)
-        self.writers[n:].zero_()
-        self.mask = torch.zeros_like(self.z)
+        q = project(xq, W_Q, b_Q, n)
+        if xk.ndim == 3:  # shared input: project G heads once, then repeat
+            k = project(xk, self.W_K, self.b_K, G).repeat_interleave(group, dim=1)
+        else:
+            k = project(xk, *expand(self.W_K, self.b_K), n)
+        if xv.ndim == 3:
+            v = project(xv, self.W_V, self.b_V, G).repeat_interleave(group, dim=1)
+        else:
+            v = project(xv, *expand(self.W_V, self.b_V), n)
+        if rotary is not None:
+            q, k = _apply_rotary(q, *rotary), _apply_rotary(k, *rotary)
+        S = q.shape[2]
+        mask = None
+        if cfg.causal:
+            mask = torch.ones(S, S, dtype=torch.bool, device=q.device).tril()
+        if attention_mask is not None:
+            key_ok = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, S]
+            mask = key_ok if mask is None else (mask & key_ok)
+        z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, n, S, E]
+        Bz, _, Sz, E = z.shape
+        out = torch.matmul(z.transpose(0, 1).reshape(n, Bz * Sz, E), W_O).view(n, Bz, Sz, -1)  # [n, B, S, D]
+        if self.b_O is not None:
+            out = out + self.b_O / H
+        return out
 
+    def mlp(self, x):  # x normed, [B, S, D] -> [B, S, D]
+        h = x @ self.W_in  # [B, S, F]
+        if self.b_in is not None:
+            h = h + self.b_in
+        act = _ACTIVATIONS[self.cfg.activation]
+        h = act(x @ self.W_gate) * h if self.W_gate is not None else act(h)
+        out = h @ self.W_out
+        return out if self.b_out is None else out + self.b_out
 
-class _ReadWriters(torch.autograd.Function):
-    """Readers ``r0:r1``'s inputs from the first ``n`` writers, without copying the stack.
-
-    ``stack[:n]`` holds each writer's output minus its ablated stand-in (filled
-    as they are computed, never rewritten within a forward pass), and ``base``
-    the sum of the first n stand-ins (``[B', S, D]``, B' in {1, B}; None under
-    zero ablation). Then ``z.T @ clean + (1 - z).T @ ablated = z.T @ stack[:n] +
-    base``: one matmul over contiguous memory per read, under every ablation,
-    over the readers' columns of the mask ``z`` (``[W, R]``, or ``[B, W, R]``
-    per example), instead of a sum of per-writer copies.
-
-    Gradients, accumulated in ``grads`` (a :class:`_Grads`): ``new_blocks`` are
-    the autograd tensors of the writers written since the previous read,
-    ``stack[first:n]``. Backward adds this read's gradient for all n writers
-    into the writer buffer and returns the accumulated gradient of the new
-    writers only. That is their complete gradient: every later read depends on
-    this read's output (through the writers computed from it), so autograd runs
-    every later read's backward before this one, and no earlier read touches
-    rows ``first:n``. Likewise the mask's gradient is returned, whole, by the
-    first read (``r0 == 0``), whose backward runs last.
-    """
-
-    @staticmethod
-    def forward(ctx, z, r0, r1, stack, base, n, grads, first, *new_blocks):
-        ctx.save_for_backward(z)
-        ctx.r0, ctx.r1, ctx.n, ctx.first = r0, r1, n, first
-        ctx.stack, ctx.grads = stack, grads
-        ctx.sizes = [b.shape[0] for b in new_blocks]
-        _, B, S, D = stack.shape
-        R = r1 - r0
-        if z.ndim == 3:  # one mask per example: z [B, W, R_all]
-            zz = z[:, :n, r0:r1]
-            delta = stack[:n].reshape(n, B, S * D).transpose(0, 1)  # [B, n, SD]
-            out = torch.bmm(zz.transpose(1, 2), delta).transpose(0, 1)  # [R, B, SD]
-            out = out.reshape(R, B, S, D) if base is None else out.view(R, B, S, D) + base
-            return out
-        zz = z[:n, r0:r1]
-        out = (zz.t() @ stack[:n].reshape(n, -1)).view(R, B, S, D)  # [R, B*S*D]
-        return out if base is None else out.add_(base)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (z,) = ctx.saved_tensors
-        n, r0, r1, stack, grads = ctx.n, ctx.r0, ctx.r1, ctx.stack, ctx.grads
-        R, B, S, D = grad.shape
-        per_example = z.ndim == 3
-        fresh = r1 == z.shape[-1] or grads.writers is None
-        if fresh:  # the last read's backward comes first: start afresh
-            grads.start(n)
-        zz = z[:, :n, r0:r1] if per_example else z[:n, r0:r1]
-        g = grad.reshape(R, B, S * D).transpose(0, 1) if per_example else grad.reshape(R, -1)  # [B, R, SD] / [R, BSD]
-        if ctx.needs_input_grad[0]:
-            if per_example:
-                delta = stack[:n].reshape(n, B, S * D).transpose(0, 1)
-                grads.mask[:, :n, r0:r1] = torch.bmm(delta, g.transpose(1, 2))  # [B, n, R]
-            else:
-                grads.mask[:n, r0:r1] = stack[:n].reshape(n, -1) @ g.t()
-        news = [None] * len(ctx.sizes)
-        if any(ctx.needs_input_grad[8:]):
-            if per_example:  # writer w of example b gets zz[b, w, :] @ g[b]
-                acc = grads.writers[:n].view(n, B, S * D).transpose(0, 1)  # [B, n, SD]
-                if R == 1:  # an outer product: a broadcast multiply(-add) is much faster than bmm on CPU
-                    torch.mul(zz, g, out=acc) if fresh else acc.addcmul_(zz, g)
-                elif fresh:
-                    acc.copy_(torch.bmm(zz, g))
-                else:  # on CPU, baddbmm_ into this strided view runs one addmm per example (2-4x slower)
-                    acc.add_(torch.bmm(zz, g))
-            else:
-                acc = grads.writers[:n].view(n, -1)
-                if fresh:
-                    torch.outer(zz[:, 0], g[0], out=acc) if R == 1 else torch.mm(zz, g, out=acc)
-                elif R == 1:
-                    acc.addr_(zz[:, 0], g[0])
-                else:
-                    acc.addmm_(zz, g)
-            news = list(grads.writers[ctx.first : n].split(ctx.sizes))
-        grad_mask = grads.mask if r0 == 0 and ctx.needs_input_grad[0] else None
-        return (grad_mask, None, None, None, None, None, None, None, *news)
-
-
-def _read_shared(z, readers, stack, ablated, base, n):
-    """``_ReadWriters.forward`` for one mask shared by the batch, without gradients (evaluation).
-
-    ``readers``: the columns of ``z`` to read, a slice or ``[R]`` indices;
-    ``stack[:n]`` the writers' outputs. A circuit's mask is mostly zeros, so
-    only the writers with a non-zero entry in these readers' columns are read;
-    with ``base``, the sum of the first n ablated writers, ``(1 - z).T @
-    ablated`` is ``base - z.T @ ablated`` over those same writers.
-    """
-    _, B, S, D = stack.shape
-    zz = z[:n, readers] if isinstance(readers, slice) else z[:n].index_select(1, readers)  # [n, R]
-    R = zz.shape[1]
-    used = zz.ne(0).any(1).nonzero().flatten()
-
-    def rows(t: torch.Tensor) -> torch.Tensor:  # the used writers' rows of t, [u, ...]; no copy when all are
-        return t[:n] if len(used) == n else t.index_select(0, used)
-
-    zu = rows(zz).t()  # [R, u]
-    out = zu @ rows(stack).reshape(len(used), -1) if len(used) else stack.new_zeros(R, B * S * D)  # [R, B*S*D]
-    if ablated is not None:
-        Ba = ablated.shape[1]
-        ab = base.reshape(1, -1).expand(R, -1)  # [R, B'*S*D]
-        if len(used):
-            ab = ab - zu @ rows(ablated).reshape(len(used), -1)
-        out = (out.view(R, B, -1) + ab.view(R, Ba, -1)).view(R, -1)
-    return out.view(R, B, S, D)
 
 class Transformer(nn.Module):
     """Decoder-only transformer; ``forward`` runs plain or masked (see module doc)."""
@@ -353,79 +281,6 @@ class Transformer(nn.Module):
         ang = torch.outer(torch.arange(S, device=device).float(), inv)  # [S, E/2]
         ang = torch.cat([ang, ang], dim=-1)
         return ang.cos().to(dtype), ang.sin().to(dtype)
-
-    @staticmethod
-    def _apply_rotary(x, cos, sin):  # x [..., S, E]; Llama's rotate-half convention
-        half = x.shape[-1] // 2
-        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos + rotated * sin
-
-    def _attention(self, block: Block, xq, xk, xv, attention_mask, rotary, heads=None):
-        """Per-head outputs ``[H, B, S, D]`` (bias share included).
-
-        ``xq``/``xk``/``xv`` are normed inputs, either shared ``[B, S, D]`` (plain)
-        or one per query head ``[H, B, S, D]`` (masked, ungrouped key/value).
-        ``heads`` (masked only): the query heads to run, ``[h]`` indices, when
-        the inputs are those heads' only; the output is then ``[h, B, S, D]``.
-        """
-        cfg = self.cfg
-        H, G = cfg.n_heads, cfg.kv_heads
-        group = H // G
-        W_Q, b_Q, W_O = block.W_Q, block.b_Q, block.W_O
-        if heads is not None:
-            W_Q, W_O, b_Q = W_Q[heads], W_O[heads], None if b_Q is None else b_Q[heads]
-        n = W_Q.shape[0]  # query heads run
-
-        def project(x, W, b, n):  # -> [B, n, S, E]; matmuls (einsum is slow on CPU here)
-            if x.ndim == 3:  # one input for all heads
-                Bx, Sx, Dx = x.shape
-                y = (x.reshape(Bx * Sx, Dx) @ W.permute(1, 0, 2).reshape(Dx, -1)).view(Bx, Sx, n, -1).transpose(1, 2)
-            else:  # one input per head. W^T x^T: the long side (B*S) as the matmul's columns, not d_head
-                _, Bx, Sx, Dx = x.shape  # (4x faster for Tracr's d_head of 7; the same for 64)
-                y = torch.matmul(W.transpose(1, 2), x.reshape(n, Bx * Sx, Dx).transpose(1, 2))  # [n, E, B*S]
-                y = y.view(n, -1, Bx, Sx).permute(2, 0, 3, 1)
-            return y if b is None else y + b[None, :, None, :]
-
-        def expand(W, b):  # key/value weights of the group, per query head run
-            if group == 1 and heads is None:
-                return W, b
-            idx = (torch.arange(H, device=W.device) if heads is None else heads) // group
-            return W[idx], None if b is None else b[idx]
-
-        q = project(xq, W_Q, b_Q, n)
-        if xk.ndim == 3:  # shared input: project G heads once, then repeat
-            k = project(xk, block.W_K, block.b_K, G).repeat_interleave(group, dim=1)
-        else:
-            k = project(xk, *expand(block.W_K, block.b_K), n)
-        if xv.ndim == 3:
-            v = project(xv, block.W_V, block.b_V, G).repeat_interleave(group, dim=1)
-        else:
-            v = project(xv, *expand(block.W_V, block.b_V), n)
-        if rotary is not None:
-            q, k = self._apply_rotary(q, *rotary), self._apply_rotary(k, *rotary)
-        S = q.shape[2]
-        mask = None
-        if cfg.causal:
-            mask = torch.ones(S, S, dtype=torch.bool, device=q.device).tril()
-        if attention_mask is not None:
-            key_ok = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, S]
-            mask = key_ok if mask is None else (mask & key_ok)
-        z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, n, S, E]
-        Bz, _, Sz, E = z.shape
-        out = torch.matmul(z.transpose(0, 1).reshape(n, Bz * Sz, E), W_O).view(n, Bz, Sz, -1)
-        if block.b_O is not None:
-            out = out + block.b_O / H
-        return out
-
-    def _mlp(self, block: Block, x):  # x normed, [B, S, D] -> [B, S, D]
-        act = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu,
-               "gelu_tanh": lambda t: F.gelu(t, approximate="tanh")}[self.cfg.activation]
-        h = x @ block.W_in
-        if block.b_in is not None:
-            h = h + block.b_in
-        h = act(x @ block.W_gate) * h if block.W_gate is not None else act(h)
-        out = h @ block.W_out
-        return out if block.b_out is None else out + block.b_out
 
     def unembed(self, x):  # normed [.., D] -> [.., out]
         y = x @ self.W_U
@@ -481,10 +336,10 @@ class Transformer(nn.Module):
             stack = x.new_empty(g.n_writers, *x.shape)  # detached copies
             stack[0] = x.detach()
         for l, block in enumerate(self.blocks):
-            xa = block.ln1(x)
-            heads = self._attention(block, xa, xa, xa, attention_mask, rotary)  # [H, B, S, D]
+            xa = block.ln1(x)  # every head reads the same stream
+            heads = block.attention(xa, xa, xa, attention_mask, rotary)  # [H, B, S, D]
             x = x + heads.sum(0)
-            mlp = self._mlp(block, block.ln2(x))
+            mlp = block.mlp(block.ln2(x))  # [B, S, D]
             x = x + mlp
             if stack is not None:
                 first = g.head_writer(l, 0)
@@ -497,6 +352,13 @@ class Transformer(nn.Module):
         g, dev = self.graph, self.W_E.device
         if edge_mask is None:
             edge_mask = torch.ones(g.n_edges, device=dev)
+        for name, m in (("edge_mask", edge_mask), ("node_mask", node_mask)):
+            if m is not None and m.dtype != torch.bool:
+                # A gate is a fraction of the clean writer: outside [0, 1] (or NaN) it is no circuit at all.
+                with torch.no_grad():
+                    out = m.isnan() | (m < 0) | (m > 1)
+                if bool(out.any()):
+                    raise ValueError(f"{name} values must be in [0, 1], got {m[out][0].item()!r}")
         if edge_mask.ndim in (1, 2) and edge_mask.shape[-1] == g.n_edges and edge_mask.shape[0] in (g.n_edges, B):
             edge_mask = g.dense(edge_mask.to(self.W_E.dtype))
         if edge_mask.shape not in ((g.n_writers, g.n_readers), (B, g.n_writers, g.n_readers)):
@@ -548,77 +410,67 @@ class Transformer(nn.Module):
             t is not None and t.requires_grad for t in (z, node_mask, ablated, *self.parameters()))
         sparse = z.ndim == 2 and not wants_grad
         live = self._live_writers(z) if sparse and not return_writers else [True] * g.n_writers  # [W]
-        # [B', S, D]: the sum of the ablated writers written so far (in float32 at least, as a matmul
-        # would add them); a read of the first n writers takes it as they stand.
-        ablated_sum = None
-        if ablated is not None:
-            ablated_sum = ablated.new_zeros(ablated.shape[1:], dtype=torch.promote_types(ablated.dtype, torch.float32))
-        # The stack holds what reads need: the writers' outputs (sparse), or their differences from
-        # the ablated writers (dense: one matmul per read, see _ReadWriters).
-        delta = ablated is not None and not sparse
-        stack = self.W_E.new_empty(g.n_writers, B, S, cfg.d_model)  # writers as written (minus ablated if delta)
-        grads = _Grads(stack, z)
-        pending: list[torch.Tensor] = []  # writers' autograd tensors not yet read
-        written = 0  # writers in the stack so far
+        resid = _Residual(z, node_mask, ablated, self.W_E.new_empty(g.n_writers, B, S, cfg.d_model), sparse)
 
-        def write(first: int, out: torch.Tensor):  # out [n, B, S, D]
-            nonlocal written
-            n = out.shape[0]
-            if node_mask is not None:
-                nm = node_mask[..., first : first + n]
-                nm = nm.view(n, 1, 1, 1) if nm.ndim == 1 else nm.t().reshape(n, -1, 1, 1)
-                abl = 0 if ablated is None else ablated[first : first + n]
-                out = nm * out + (1 - nm) * abl
-            with torch.no_grad():
-                if delta:
-                    torch.sub(out, ablated[first : first + n], out=stack[first : first + n])
-                else:
-                    stack[first : first + n] = out
-                if ablated_sum is not None:
-                    ablated_sum.add_(ablated[first : first + n].sum(0, dtype=ablated_sum.dtype))
-            pending.append(out)
-            written = first + n
-
-        def read(readers) -> torch.Tensor:  # the readers (a slice or indices) over the writers so far
-            new = list(pending)
-            pending.clear()
-            base = None if ablated_sum is None else ablated_sum.to(stack.dtype)  # a copy when it converts
-            if sparse:
-                return _read_shared(z, readers, stack, ablated, base, written)
-            first = written - sum(b.shape[0] for b in new)
-            return _ReadWriters.apply(z, readers.start, readers.stop, stack, base, written, grads, first, *new)
-
-        write(0, self.embed(tokens).unsqueeze(0))
+        resid.write(0, self.embed(tokens).unsqueeze(0))
         for l, block in enumerate(self.blocks):
-            r0, w0 = g.head_reader(l, 0, "q"), g.head_writer(l, 0)
+            r0, w0 = g.head_reader(l, 0, "q"), g.head_writer(l, 0)  # readers: H queries, H keys, H values
             run = [h for h in range(H) if live[w0 + h]]
             if len(run) == H:
-                xq, xk, xv = block.ln1(read(slice(r0, r0 + 3 * H))).split(H)  # each [H, B, S, D]; split, not
-                heads = self._attention(block, xq, xk, xv, attention_mask, rotary)  # slices: backward is one cat
+                xq, xk, xv = block.ln1(resid.read(slice(r0, r0 + 3 * H))).split(H)  # each [H, B, S, D]; split, not
+                heads = block.attention(xq, xk, xv, attention_mask, rotary)  # slices: backward is one cat
             else:  # (sparse only) the live heads' query, key and value readers; the others write zeros
-                heads = stack.new_zeros(H, B, S, cfg.d_model)
+                heads = self.W_E.new_zeros(H, B, S, cfg.d_model)
                 if run:
-                    idx = torch.tensor(run, device=stack.device)
-                    x = read(torch.cat([r0 + idx, r0 + H + idx, r0 + 2 * H + idx]))
+                    idx = torch.tensor(run, device=self.W_E.device)
+                    x = resid.read(torch.cat([r0 + idx, r0 + H + idx, r0 + 2 * H + idx]))
                     xq, xk, xv = block.ln1(x).split(len(run))
-                    heads[idx] = self._attention(block, xq, xk, xv, attention_mask, rotary, heads=idx)
-            write(w0, heads)
+                    heads[idx] = block.attention(xq, xk, xv, attention_mask, rotary, heads=idx)
+            resid.write(w0, heads)
             rm, wm = g.mlp_reader(l), g.mlp_writer(l)
             if live[wm]:
-                xm = block.ln2(read(slice(rm, rm + 1)).squeeze(0))
-                write(wm, self._mlp(block, xm).unsqueeze(0))
+                xm = block.ln2(resid.read(slice(rm, rm + 1)).squeeze(0))  # [B, S, D]
+                resid.write(wm, block.mlp(xm).unsqueeze(0))
             else:
-                write(wm, stack.new_zeros(1, B, S, cfg.d_model))
+                resid.write(wm, self.W_E.new_zeros(1, B, S, cfg.d_model))
         rl = g.logits_reader
-        x = read(slice(rl, rl + 1)).squeeze(0)  # [B, S, D]
+        x = resid.read(slice(rl, rl + 1)).squeeze(0)  # [B, S, D]
         logits = self.unembed(self.ln_f(x if positions is None else x[positions]))
-        if return_writers and delta:
-            stack = stack + ablated  # the writers' own outputs
-        return (logits, stack) if return_writers else logits
+        return (logits, resid.writers()) if return_writers else logits
 
     # ----------------------------------------------------------------- misc
     def writers(self, tokens, *, attention_mask=None) -> torch.Tensor:
         """Writers' outputs ``[W, B, S, D]`` of a plain run, without gradients."""
         with torch.no_grad():
             return self(tokens, attention_mask=attention_mask, return_writers=True)[1]
+
+    def run_with_cache(
+        self,
+        tokens: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        edge_mask: torch.Tensor | None = None,
+        node_mask: torch.Tensor | None = None,
+        ablated: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits ``[B, S, out]`` and every writer's output by graph name, ``{name: [B, S, D]}`` (detached).
+
+        TransformerLens's activation cache without hooks: the names are
+        ``self.graph.writer_names`` in graph order (``input``, ``a0.h0``, ...,
+        ``m0``, ...). In a plain run the outputs sum to the residual stream
+        before ``ln_f``. With ``edge_mask``/``node_mask`` (and ``ablated``, as
+        in ``forward``) the run is masked and each output is the writer's in
+        that run, after its node mask: what its readers take where their edge
+        is kept. Every writer is computed, live in the circuit or not.
+        """
+        logits, stack = self(tokens, attention_mask=attention_mask, edge_mask=edge_mask, node_mask=node_mask,
+                             ablated=ablated, return_writers=True)
+        return logits, dict(zip(self.graph.writer_names, stack.detach().unbind(0), strict=True))
+
+    # Per-block computation, as the naive reference in tests/test_model.py calls it.
+    def _attention(self, block: Block, xq, xk, xv, attention_mask, rotary, heads=None):
+        return block.attention(xq, xk, xv, attention_mask, rotary, heads=heads)
+
+    def _mlp(self, block: Block, x):
+        return block.mlp(x)
 

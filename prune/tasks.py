@@ -416,14 +416,6 @@ def _expression(rng: random.Random, n: int, depth: int) -> str:
     return f" {rng.choice(('and', 'or'))} ".join(parts)
 
 
-def _paren_depth(expr: str) -> int:
-    depth = best = 0
-    for ch in expr:
-        depth += (ch == "(") - (ch == ")")
-        best = max(best, depth)
-    return best
-
-
 def _evaluate(expr: str) -> bool:
     # Only our own generated strings (True/False/not/and/or/parentheses) reach eval.
     if not re.fullmatch(r"(\s|\(|\)|True|False|not|and|or)*", expr):

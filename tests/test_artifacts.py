@@ -42,12 +42,13 @@ def test_artifact_has_not_drifted_from_its_source(name):
 
 
 def test_loaded_artifact_reproduces_its_ground_truth():
-    from prune.evaluate import circuit_agreement
+    from prune.evaluate import Evaluator
 
-    art = load_artifact(DEFAULT_ROOT / "reverse")
+    art = load_artifact("reverse")  # by library name
+    assert art.path == DEFAULT_ROOT / "reverse"
     for ablation in ("zero", "mean", "resample"):
         mask = art.model.graph.edge_mask(art.functional(ablation))
-        assert bool(circuit_agreement(art.model, art.examples, mask, ablation).all())
+        assert bool(Evaluator(art.model, art.examples, ablation).agreement(mask).all())
 
 
 def test_building_twice_gives_identical_bytes(tmp_path):

@@ -10,12 +10,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import artifact
-from prune.baselines import (
-    METHODS, acdc, acdc_sweep, eap, eap_ig, edge_auroc, faithfulness, metric, ranking, top_k_mask,
-)
+from prune.baselines import METHODS, acdc, acdc_sweep, eap, eap_ig, edge_auroc, ranking, top_k_mask
 from prune.circuit import Circuit
 from prune.data import Examples
+from prune.evaluate import Evaluator
 from prune.model import Transformer, TransformerConfig
+
+
+def faithfulness(model, examples, mask, ablation) -> float:
+    return Evaluator(model, examples, ablation).faithfulness(mask)
+
+
+def metric(model, examples, mask, ablation) -> float:
+    return Evaluator(model, examples, ablation).metric(mask)
 
 FAST = ("acdc", "eap", "eap_ig")  # edge_pruning runs only in the compare test (it trains for 150 steps)
 
@@ -94,10 +101,13 @@ def test_methods_return_documented_circuits(method, name):
     assert circuit.method == method and circuit.ablation == "zero"
     assert len(circuit.scores) == art.model.graph.n_edges
     assert circuit.metadata["seconds"] >= 0 and circuit.metadata["seed"] == 0
-    # The documented default rule: the circuit reproduces every output.
-    from prune.evaluate import circuit_agreement
-
-    assert circuit_agreement(art.model, art.examples, circuit.mask(), "zero").all()
+    # The default (the shared exact finalizer): the circuit reproduces every output, and so does the
+    # method's own circuit (its documented rule), kept in the metadata.
+    ev = Evaluator(art.model, art.examples, "zero")
+    assert ev.agreement(circuit.mask()).all()
+    assert ev.agreement(art.model.graph.edge_mask(circuit.metadata["own_edges"])).all()
+    own = METHODS[method](art.model, art.examples, ablation="zero", seed=0, finalize="own")
+    assert list(own.edges) == circuit.metadata["own_edges"] and own.scores == circuit.scores
 
 
 @pytest.mark.parametrize("method", FAST)
@@ -124,7 +134,7 @@ def test_methods_run_under_other_ablations(ablation):
 @pytest.mark.parametrize("name", ["hist", "frac_prevs", "reverse", "sort"])
 def test_acdc_tau_zero_keeps_the_functional_ground_truth(name):
     art = artifact(name)
-    circuit = acdc(art.model, art.examples, ablation="zero", tau=0.0)
+    circuit = acdc(art.model, art.examples, ablation="zero", tau=0.0, finalize="own")
     assert set(art.functional("zero")) <= set(circuit.edges)
     # Every kept edge is one whose removal (from the final circuit) changes the output loss.
     base = faithfulness(art.model, art.examples, circuit.mask(), "zero")
@@ -137,7 +147,7 @@ def test_acdc_tau_zero_keeps_the_functional_ground_truth(name):
 def test_acdc_sweep_scores_are_the_largest_tau_kept():
     art = artifact("hist")
     taus = [0.0, 1e-3, 1e6]
-    summary, circuits = acdc_sweep(art.model, art.examples, ablation="zero", taus=taus)
+    summary, circuits = acdc_sweep(art.model, art.examples, ablation="zero", taus=taus, finalize="own")
     assert [c.metadata["tau"] for c in circuits] == taus
     assert len(circuits[-1]) == 0  # a huge tau removes everything
     for i, e in enumerate(art.model.graph.edge_names):
@@ -152,7 +162,7 @@ def test_eap_equals_finite_differences_on_a_multilinear_model(ablation):
     model = linear_toy()
     examples = _examples(model.cfg)
     g = model.graph
-    circuit = eap(model, examples, ablation=ablation, top_k=3)
+    circuit = eap(model, examples, ablation=ablation, top_k=3, finalize="own")
     ones = torch.ones(g.n_edges, dtype=torch.float64)
     full = metric(model, examples, ones, ablation)
     diffs = []
@@ -175,7 +185,7 @@ def test_eap_ig_completeness(build, ablation):
     kind = "numerical" if model.cfg.out_size == 1 else "categorical"
     examples = _examples(model.cfg, kind=kind)
     g = model.graph
-    circuit = eap_ig(model, examples, ablation=ablation, steps=64, top_k=3)
+    circuit = eap_ig(model, examples, ablation=ablation, steps=64, top_k=3, finalize="own")
     total = sum(circuit.scores)
     m1 = metric(model, examples, torch.ones(g.n_edges, dtype=torch.float64), ablation)
     m0 = metric(model, examples, torch.zeros(g.n_edges, dtype=torch.float64), ablation)
@@ -186,9 +196,11 @@ def test_eap_ig_completeness(build, ablation):
 def test_score_rules_and_errors():
     art = artifact("reverse")
     m, ex = art.model, art.examples
-    assert len(eap(m, ex, ablation="zero", top_k=0)) == 0
-    c = eap(m, ex, ablation="zero", threshold=0.0)
+    assert len(eap(m, ex, ablation="zero", top_k=0, finalize="own")) == 0
+    c = eap(m, ex, ablation="zero", threshold=0.0, finalize="own")
     assert c.metadata["rule"] == "threshold"
+    with pytest.raises(ValueError, match="'best'"):
+        eap(m, ex, ablation="zero", finalize="best")
     with pytest.raises(ValueError, match="top_k=3, threshold=0.5"):
         eap(m, ex, ablation="zero", top_k=3, threshold=0.5)
     with pytest.raises(ValueError, match="-1"):
@@ -252,7 +264,7 @@ def test_top_k_mask_breaks_ties_in_graph_order():
 
 
 # -------------------------------------------------------------------- compare
-def test_compare_writes_the_table_and_plot(tmp_path):
+def test_compare_reports_own_and_finalized_circuits(tmp_path):
     from groundtruth.compare import compare
 
     assert set(METHODS) == {"edge_pruning", "acdc", "eap", "eap_ig"}
@@ -261,31 +273,28 @@ def test_compare_writes_the_table_and_plot(tmp_path):
     assert {(r["program"], r["method"]) for r in rows} == {
         (p, m) for p in ("hist", "frac_prevs") for m in METHODS}
     md = (tmp_path / "compare.md").read_text()
-    assert md.startswith("| program") and "auroc" in md and "eap_ig" in md
+    assert md.startswith("| program") and "auroc" in md and "eap_ig" in md and "finalizer evaluations" in md
     report = json.loads((tmp_path / "compare.json").read_text())
     assert report["ablation"] == "zero" and len(report["rows"]) == len(rows)
     assert (tmp_path / "compare_hist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
-    # The AUROC reported is the one computed from the method's own scores (deterministic methods).
     for r in rows:
-        if r["method"] in FAST:
-            art = artifact(r["program"])
-            c = METHODS[r["method"]](art.model, art.examples, ablation="zero")
-            gt = art.model.graph.edge_mask(art.functional("zero"))
-            assert r["auroc"] == edge_auroc(ranking(c), gt, absolute=False)
-            assert r["found"] == len(c) and r["exact"] is True
-            assert r["threshold exact"] is None  # only Edge Pruning has a thresholded circuit
-        else:  # its own thresholded circuit, before the exact binarisation, judged separately
-            thresholded = set(r["details"]["metadata"]["threshold_edges"])
-            assert r["threshold exact"] == (thresholded == set(artifact(r["program"]).functional("zero")))
+        art = artifact(r["program"])
+        gt = art.functional("zero")
+        assert r["exact"] is True  # the finalized circuit: minimal and faithful, here the ground truth
+        assert r["evals"] >= r["final"] + 1  # at least one evaluation per kept edge, plus the first
+        if r["method"] in FAST:  # deterministic: the same own circuit and AUROC when run again
+            c = METHODS[r["method"]](art.model, art.examples, ablation="zero", finalize="own")
+            assert r["auroc"] == edge_auroc(ranking(c), art.model.graph.edge_mask(gt), absolute=False)
+            assert r["own"] == len(c) and r["own exact"] == (set(c.edges) == set(gt))
 
 
 def test_compare_cli(tmp_path, capsys):
-    from groundtruth.compare import main
+    from groundtruth.cli import main
 
     threads = torch.get_num_threads()
     try:
-        assert main(["--methods", "eap", "--ablation", "resample", "--programs", "length,hist", "--out",
+        assert main(["compare", "--methods", "eap", "--ablation", "resample", "--programs", "length,hist", "--out",
                      str(tmp_path), "--quiet"]) == 0
         assert torch.get_num_threads() == 1  # the default: tiny models, and no spin-waiting on a busy machine
     finally:
@@ -293,5 +302,5 @@ def test_compare_cli(tmp_path, capsys):
     report = json.loads((tmp_path / "compare.json").read_text())
     assert report["skipped"] == ["length"]  # its resample ground truth is empty
     assert [r["program"] for r in report["rows"]] == ["hist"]
-    assert main(["--methods", "eap,nope", "--programs", "hist", "--out", str(tmp_path)]) == 2
+    assert main(["compare", "--methods", "eap,nope", "--programs", "hist", "--out", str(tmp_path)]) == 2
     assert "'nope'" in capsys.readouterr().err

@@ -68,7 +68,8 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     return {"gpt2": root / "gpt2", "llama": root / "llama"}
 
 
-def _args(model: Path, out: Path, targets: str = "0.9", steps: int = 6, every: int = 100, *extra: str) -> list[str]:
+def _args(model: Path | str, out: Path, targets: str = "0.9", steps: int = 6, every: int = 100,
+          *extra: str) -> list[str]:
     return ["run", "--model", str(model), "--task", "ioi", "--target-edge-sparsity", targets, "--out", str(out),
             "--n", "8", "--batch-size", "4", "--steps", str(steps), "--checkpoint-every", str(every),
             "--threads", "1", "--seed", "0", "--quiet", *extra]
@@ -193,7 +194,7 @@ def test_errors_are_one_line(checkpoints, tmp_path, capsys, monkeypatch):
     argv = _args(gpt2, tmp_path / "a")
     assert "unknown task 'nope'" in _error([*argv[:4], "nope", *argv[5:]], capsys)
     assert "nothing to resume" in _error(_args(gpt2, tmp_path / "a", "0.9", 6, 100, "--resume"), capsys)
-    assert "target_sparsity must be in [0, 1]" in _error(_args(gpt2, tmp_path / "a", "1.5"), capsys)
+    assert "'1.5' is not in [0, 1]" in _error(_args(gpt2, tmp_path / "a", "1.5"), capsys)
     assert "--checkpoint-every" in _error(_args(gpt2, tmp_path / "a", "0.9", 6, 0), capsys)
     assert "no checkpoint folder" in _error(_args(tmp_path / "missing", tmp_path / "a"), capsys)
 
@@ -220,3 +221,282 @@ def test_errors_are_one_line(checkpoints, tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     (run_dir / "metrics.json").unlink()
     assert "steps = 2" in _error(_args(gpt2, tmp_path / "d", "0.9", 3, 100, "--resume"), capsys)
+
+
+# ------------------------------------------------- refusals, case by case
+def _tree(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under ``folder`` (hidden ones too): relative path -> (mode, contents)."""
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): (p.stat().st_mode, p.read_bytes()) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def _no_model(*args, **kwargs):
+    raise AssertionError("the model was loaded before the arguments and --out were checked")
+
+
+def _with(argv: list[str], option: str, value: str) -> list[str]:
+    """``argv`` with ``option`` set to ``value`` (replaced where ``argv`` has it, else added)."""
+    argv = list(argv)
+    if option in argv:
+        argv[argv.index(option) + 1] = value
+        return argv
+    return [*argv, option, value]
+
+
+def _copy_checkpoint(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_out_holding_another_run_is_refused_both_ways(checkpoints, tmp_path, capsys):
+    model, out = checkpoints["llama"], tmp_path / "out"
+    assert main(_args(model, out, "0.5", 2)) == 0
+    capsys.readouterr()
+    before = _tree(out)
+    argv = _args(model, out, "0.5", 2)
+    # Without --resume: new targets, another task, seed or ablation, or the same run again.
+    assert "already holds a run" in _error(_args(model, out, "0.9", 2), capsys)
+    assert "already holds a run" in _error(_args(model, out, "0.9", 2, 100, "--seed", "1"), capsys)
+    assert "already holds a run" in _error(_with(_args(model, out, "0.7", 2), "--task", "greater_than"), capsys)
+    assert "already holds a run" in _error(_args(model, out, "0.7", 2, 100, "--ablation", "zero"), capsys)
+    assert "already holds" in _error(argv, capsys)
+    # With --resume: another seed, ablation or task is refused too.
+    assert "seed = 0" in _error(_args(model, out, "0.5,0.9", 2, 100, "--resume", "--seed", "1"), capsys)
+    assert "ablation = 'resample'" in _error(_args(model, out, "0.9", 2, 100, "--resume", "--ablation", "zero"),
+                                              capsys)
+    assert "task = 'ioi'" in _error(_with(argv, "--task", "gendered_pronoun") + ["--resume"], capsys)
+    assert _tree(out) == before
+    # Target folders of another run, without its run.json: finished results, then a checkpoint.
+    import shutil
+
+    foreign = tmp_path / "foreign"
+    shutil.copytree(out, foreign)
+    (foreign / "run.json").unlink()
+    assert "already holds a run" in _error(_args(model, foreign, "0.9", 2), capsys)
+    assert "seed = 0" in _error(_args(model, foreign, "0.5", 2, 100, "--resume", "--seed", "1"), capsys)
+    (foreign / "target-0.5" / "metrics.json").unlink()
+    assert "already holds a checkpoint" in _error(_args(model, foreign, "0.5", 2), capsys)
+    assert "seed = '0'" in _error(_args(model, foreign, "0.5", 2, 100, "--resume", "--seed", "1"), capsys)
+    assert not (foreign / "run.json").exists()
+    # A folder holding only the run.json of a run killed before its first checkpoint.
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "run.json").write_bytes((out / "run.json").read_bytes())
+    assert "already holds a run" in _error(_args(model, killed, "0.5", 2), capsys)
+    assert "seed = 0" in _error(_args(model, killed, "0.5", 2, 100, "--resume", "--seed", "3"), capsys)
+    assert main(_args(model, killed, "0.5", 2, 100, "--resume")) == 0
+    # The same run resumed with a new target: accepted, and the run.json lists both.
+    assert main(_args(model, out, "0.5,0.9", 2, 100, "--resume")) == 0
+    assert json.loads((out / "run.json").read_text())["targets"] == [0.5, 0.9]
+    assert (out / "target-0.5" / "metrics.json").read_bytes() == before["target-0.5/metrics.json"][1]
+
+
+def test_target_folders_are_exact_and_distinct(checkpoints, tmp_path, capsys):
+    model, out = checkpoints["llama"], tmp_path / "out"
+    assert main(_args(model, out, "0.9,0.9000001", 1)) == 0
+    folders = sorted(out.glob("target-*"))
+    assert [d.name for d in folders] == ["target-0.9", "target-0.9000001"]
+    for d in folders:
+        t = float(d.name.removeprefix("target-"))
+        assert json.loads((d / "metrics.json").read_text())["target_edge_sparsity"] == t
+    assert json.loads((out / "run.json").read_text())["targets"] == [0.9, 0.9000001]
+    assert "twice" in _error(_args(model, tmp_path / "o2", "0.9,0.90"), capsys)
+    assert "twice" in _error(_args(model, tmp_path / "o2", "0,-0.0"), capsys)
+
+    from prune.cli import target_folder
+
+    for t in (0.9, 0.9000001, 1.0, 0.0, 0.5, 1e-05, 0.1 + 0.2, 0.97, 1 - 2**-53, 5e-324):
+        name = target_folder(t)
+        assert name.startswith("target-") and float(name.removeprefix("target-")) == t
+    assert target_folder(0.9) == "target-0.9" and target_folder(1.0) == "target-1"  # the names of earlier runs
+
+
+def test_written_files_follow_the_umask(checkpoints, tmp_path):
+    import stat
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(p.stat().st_mode)
+
+    old = os.umask(0o027)
+    try:
+        # Everything `prune run` writes.
+        out = tmp_path / "out"
+        assert main(_args(checkpoints["llama"], out, "0.5,0.9", 1)) == 0
+        files = [p for p in out.rglob("*") if p.is_file()]
+        assert {p.name for p in files} == {"run.json", "sweep.png", "checkpoint.safetensors", "circuit.json",
+                                            "metrics.json"}
+        assert {str(p.relative_to(out)): mode(p) for p in files} == {str(p.relative_to(out)): 0o640 for p in files}
+        # The helpers.
+        from prune.files import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
+
+        for umask, want in [(0o022, 0o644), (0o077, 0o600)]:
+            os.umask(umask)
+            d = tmp_path / f"u{umask:o}"
+            atomic_write_bytes(d / "a.bin", b"\x00\x01")
+            atomic_write_text(d / "b.txt", "text")
+            atomic_write_json(d / "c.json", {"a": [1, 2]})
+            atomic_write_json(d / "c.json", {"a": [1, 3]})  # replacing an existing file
+            with atomic_path(d / "d.png") as tmp:
+                tmp.write_bytes(b"png")
+            with atomic_path(d / "e.st") as tmp:  # a writer that makes its own private file, as safetensors does
+                tmp.unlink()
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600))
+            assert (d / "a.bin").read_bytes() == b"\x00\x01" and (d / "b.txt").read_text() == "text"
+            assert (d / "c.json").read_text() == json.dumps({"a": [1, 3]}, indent=1)
+            assert {p.name: mode(p) for p in d.iterdir()} == dict.fromkeys(
+                ["a.bin", "b.txt", "c.json", "d.png", "e.st"], want)
+    finally:
+        os.umask(old)
+
+
+def test_unwritable_out_is_refused_before_the_model_loads(checkpoints, tmp_path, capsys, monkeypatch):
+    model = checkpoints["gpt2"]
+    monkeypatch.setattr(loaders, "from_hf", _no_model)
+    (tmp_path / "loop").symlink_to("loop")
+    assert "--out" in _error(_args(model, tmp_path / "loop"), capsys)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere" / "out")
+    assert "--out" in _error(_args(model, tmp_path / "dangling"), capsys)
+    (tmp_path / "file").write_text("x")
+    assert "--out" in _error(_args(model, tmp_path / "file" / "out"), capsys)
+    assert "--out" in _error(_args(model, tmp_path / "loop" / "out"), capsys)
+    if os.geteuid() != 0:  # root writes into read-only folders
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        (ro / "existing").mkdir()
+        ro.chmod(0o555)
+        (ro / "existing").chmod(0o555)
+        try:
+            assert "--out" in _error(_args(model, ro / "out"), capsys)
+            assert "--out" in _error(_args(model, ro / "existing"), capsys)
+        finally:
+            (ro / "existing").chmod(0o755)
+            ro.chmod(0o755)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "file", "loop"] + (
+        ["ro"] if os.geteuid() != 0 else [])
+
+
+def test_model_path_typo_is_refused_without_the_network(tmp_path, capsys, monkeypatch):
+    import huggingface_hub
+    import transformers
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the hub was asked for a model spec that is a local path")
+
+    for target in (transformers.AutoConfig, transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
+        monkeypatch.setattr(target, "from_pretrained", no_network)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "hf").mkdir()
+    for spec in ("hf/nothere", "./nothere", "a/b/c", "~/surely-not-a-model-folder-here", str(tmp_path / "x")):
+        err = _error(_args(spec, tmp_path / "out"), capsys)
+        assert f"no checkpoint folder at {spec!r}" in err and "check the path" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_broken_checkpoints_are_one_line_errors(checkpoints, tmp_path, capsys):
+    # Weights cut in half.
+    cut = _copy_checkpoint(checkpoints["gpt2"], tmp_path / "cut")
+    data = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[: len(data) // 2])
+    err = _error(_args(cut, tmp_path / "out"), capsys)
+    assert str(cut / "model.safetensors") in err and "truncated" in err
+    (cut / "model.safetensors").write_bytes(data[:5])  # not even a header
+    assert str(cut / "model.safetensors") in _error(_args(cut, tmp_path / "out"), capsys)
+    # config.json says n_embd 32, the weights are 16 wide.
+    wide = _copy_checkpoint(checkpoints["gpt2"], tmp_path / "wide")
+    config = json.loads((wide / "config.json").read_text())
+    (wide / "config.json").write_text(json.dumps({**config, "n_embd": 32}))
+    err = _error(_args(wide, tmp_path / "out"), capsys)
+    assert str(wide / "model.safetensors") in err and "(50257, 16)" in err and "(50257, 32)" in err
+    # n_head 0, and other impossible sizes.
+    for field, value in [("n_head", 0), ("n_layer", -1), ("n_embd", "16"), ("n_head", 3)]:
+        (wide / "config.json").write_text(json.dumps({**config, field: value}))
+        err = _error(_args(wide, tmp_path / "out"), capsys)
+        assert str(wide / "config.json") in err and field in err, err
+    assert not (tmp_path / "out").exists()
+
+
+_BAD_ARGUMENTS = [
+    (["--threads", "0"], "--threads"), (["--threads", "-2"], "--threads"), (["--threads", "two"], "--threads"),
+    (["--n", "0"], "--n"), (["--steps", "0"], "--steps"), (["--batch-size", "0"], "--batch-size"),
+    (["--checkpoint-every", "0"], "--checkpoint-every"), (["--seed", "-1"], "--seed"),
+    (["--seed", str(2**64)], "--seed"),
+    (["--target-edge-sparsity", "1.5"], "'1.5'"), (["--target-edge-sparsity", "-0.1"], "'-0.1'"),
+    (["--target-edge-sparsity", "abc"], "'abc'"), (["--target-edge-sparsity", "nan"], "'nan'"),
+    (["--target-edge-sparsity", ""], "--target-edge-sparsity"),
+    (["--target-edge-sparsity", ","], "--target-edge-sparsity"),
+    (["--target-edge-sparsity", "0.5,,0.9"], "--target-edge-sparsity"),
+    (["--model", ""], "--model"), (["--out", ""], "--out"), (["--task", ""], "task"),
+    (["--ablation", "half"], "--ablation"), (["--dtype", "fp8"], "--dtype"), (["--nope"], "--nope"),
+]
+
+
+@pytest.mark.parametrize("change, named", _BAD_ARGUMENTS, ids=[" ".join(c) or "empty" for c, _ in _BAD_ARGUMENTS])
+def test_bad_arguments_are_refused_before_any_work(checkpoints, tmp_path, capsys, monkeypatch, change, named):
+    monkeypatch.setattr(loaders, "from_hf", _no_model)
+    argv = _args(checkpoints["gpt2"], tmp_path / "out")
+    argv = _with(argv, *change) if len(change) == 2 else [*argv, *change]
+    assert named in _error(argv, capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_argparse_errors_are_one_line(checkpoints, tmp_path, capsys):
+    argv = _args(checkpoints["gpt2"], tmp_path / "out")
+    err = _error([a for i, a in enumerate(argv) if i not in (1, 2)], capsys)  # no --model
+    assert "--model" in err and err.rstrip().endswith("(see prune run --help)")
+    assert "invalid choice" in _error(["walk"], capsys)
+    assert _error([*argv, "--nope"], capsys).rstrip().endswith("unrecognized arguments: --nope (see prune run --help)")
+    assert "--help" in _error([], capsys)
+    assert main(["run", "--help"]) == 0
+    assert "--target-edge-sparsity" in capsys.readouterr().out
+
+
+def _refused_in_subprocesses(cases: list[tuple[list[str], list[Path], str]], timeout: float = 40) -> None:
+    """Run each ``prune run`` argv as ``python -m prune.cli`` (concurrently) and check the contract:
+    exit status 2, exactly one line ``error: ...`` on stderr naming ``expect``, no traceback, and the
+    folders listed unchanged (files, modes and contents)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    before = [[_tree(f) for f in folders] for _, folders, _ in cases]
+    procs = [subprocess.Popen([sys.executable, "-m", "prune.cli", *argv], cwd=ROOT, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for argv, _, _ in cases]
+    try:
+        results = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    for (argv, folders, expect), p, (out, err), trees in zip(cases, procs, results, before, strict=True):
+        assert p.returncode == 2, (argv, p.returncode, err)
+        assert "Traceback" not in err and err.startswith("error: ") and err.count("\n") == 1, err
+        assert expect in err and out == "", (err, out)
+        assert [_tree(f) for f in folders] == trees
+
+
+def test_weight_file_that_is_not_a_regular_file_is_refused(checkpoints, tmp_path):
+    fifo = _copy_checkpoint(checkpoints["gpt2"], tmp_path / "fifo")
+    (fifo / "model.safetensors").unlink()
+    os.mkfifo(fifo / "model.safetensors")
+    out = tmp_path / "out"
+    _refused_in_subprocesses([(_args(fifo, out), [fifo, out], f"{fifo / 'model.safetensors'} is not a regular file")])
+    assert not out.exists()
+
+
+def test_refusals_in_a_subprocess_leave_no_trace(checkpoints, tmp_path):
+    cut = _copy_checkpoint(checkpoints["llama"], tmp_path / "cut")
+    data = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[: len(data) // 2])
+    (tmp_path / "loop").symlink_to("loop")
+    held = tmp_path / "held"
+    (held / "target-0.5").mkdir(parents=True)
+    (held / "target-0.5" / "checkpoint.safetensors").write_bytes(b"a checkpoint")
+    (held / "run.json").write_text("{}")
+    _refused_in_subprocesses([
+        (_args(checkpoints["llama"], tmp_path / "loop"), [checkpoints["llama"]], "--out"),
+        (_args(cut, tmp_path / "out"), [cut, tmp_path / "out"], "truncated"),
+        (_args(checkpoints["llama"], held, "0.9"), [held, checkpoints["llama"]], "already holds a run"),
+    ])
+    assert not (tmp_path / "out").exists()

@@ -8,7 +8,7 @@ import torch
 from conftest import artifact
 from prune.circuit import Circuit, CircuitFileError
 from prune.data import Examples
-from prune.edge_pruning import EdgePruningConfig, edge_pruning
+from prune.edge_pruning import EdgePruner, EdgePruningConfig, edge_pruning
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -88,16 +88,19 @@ def test_compare_reports_precision_recall_and_differences():
 
 # ------------------------------------------------------------------ binarisation
 def _faithful(art, edges, ablation):
-    from prune.evaluate import circuit_agreement
+    from prune.evaluate import Evaluator
 
-    return bool(circuit_agreement(art.model, art.examples, art.model.graph.edge_mask(edges), ablation).all())
+    return bool(Evaluator(art.model, art.examples, ablation).agreement(art.model.graph.edge_mask(edges)).all())
 
 
-def test_threshold_finalize_is_edge_prunings_own_circuit():
+def test_own_finalize_is_edge_prunings_thresholded_circuit():
     art = artifact("sort")
-    circuit = edge_pruning(art.model, art.examples, ablation="zero", config=EdgePruningConfig(finalize="threshold"))
-    assert circuit.edges == tuple(circuit.metadata["threshold_edges"])
-    assert "finalize" not in circuit.metadata
+    pruner = EdgePruner(art.model, art.examples, ablation="zero", config=EdgePruningConfig(finalize="own"))
+    circuit = pruner.run().circuit()
+    thresholded = Circuit.from_mask(art.model.graph, pruner.threshold_mask().float(), ablation="zero", model="",
+                                    d_model=0).without_dead_ends()
+    assert circuit.edges == thresholded.edges
+    assert "finalize" not in circuit.metadata and "own_edges" not in circuit.metadata
 
 
 def test_exact_binarisation_gives_a_faithful_circuit_whose_every_edge_is_necessary():
@@ -107,7 +110,7 @@ def test_exact_binarisation_gives_a_faithful_circuit_whose_every_edge_is_necessa
     art = artifact("sort")
     short = EdgePruningConfig(steps=40)
     circuit = edge_pruning(art.model, art.examples, ablation="zero", seed=0, config=short)
-    threshold = circuit.metadata["threshold_edges"]
+    threshold = circuit.metadata["own_edges"]
     assert set(threshold) != set(circuit.edges)
     assert circuit.metadata["finalize"]["removed"] > 0
     assert _faithful(art, circuit.edges, "zero")
@@ -119,22 +122,18 @@ def test_exact_binarisation_gives_a_faithful_circuit_whose_every_edge_is_necessa
 def test_exact_binarisation_grows_a_circuit_that_misses_edges():
     # A pruner whose gates all end closed but one: the threshold circuit cannot be
     # faithful, so the repair must grow along the ranking before it drops.
-    from prune.edge_pruning import EdgePruner
-
     art = artifact("frac_prevs")
     pruner = EdgePruner(art.model, art.examples, ablation="zero", config=EdgePruningConfig(steps=1))
     with torch.no_grad():
         pruner.log_alpha.fill_(-1.0)
     circuit = pruner.circuit()
-    assert circuit.metadata["threshold_edges"] == []
+    assert circuit.metadata["own_edges"] == []
     assert circuit.metadata["finalize"]["added"] > 0
     assert set(circuit.edges) == set(art.functional("zero"))
 
 
 # ------------------------------------------------------------------ checkpoints
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
-    from prune.edge_pruning import EdgePruner
-
     art = artifact("frac_prevs")
     cfg = EdgePruningConfig(steps=40)
     whole = EdgePruner(art.model, art.examples, ablation="resample", seed=5, config=cfg).run()
@@ -171,8 +170,6 @@ def test_checkpoint_of_another_run_or_missing_or_broken_is_refused(tmp_path):
 
 def test_a_save_that_fails_leaves_the_last_checkpoint_and_no_partial_file(tmp_path, monkeypatch):
     import safetensors.torch
-
-    from prune.edge_pruning import EdgePruner
 
     art = artifact("frac_prevs")
     pruner = EdgePruner(art.model, art.examples, ablation="zero", config=EdgePruningConfig(steps=5))

@@ -211,3 +211,80 @@ def test_logits_at_positions_are_rows_of_the_full_logits(cfg, seed):
         torch.testing.assert_close(rows, model(tokens, **kwargs)[positions], atol=ATOL, rtol=0)
     with pytest.raises(ValueError, match="positions must be a bool mask"):
         model(tokens, positions=positions.long())
+
+
+@given(configs(), st.integers(0, 2**16))
+def test_run_with_cache_names_every_writer_and_they_sum_to_the_stream(cfg, seed):
+    model = random_model(cfg, seed)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 5))
+    attention_mask = torch.ones(2, 5, dtype=torch.long)
+    attention_mask[1, :2] = 0
+    logits, cache = model.run_with_cache(tokens, attention_mask=attention_mask)
+    assert list(cache) == list(model.graph.writer_names)
+    assert all(v.shape == (2, 5, cfg.d_model) and not v.requires_grad for v in cache.values())
+    torch.testing.assert_close(logits, model(tokens, attention_mask=attention_mask), atol=0, rtol=0)
+    torch.testing.assert_close(torch.stack(list(cache.values())), model.writers(tokens, attention_mask=attention_mask),
+                               atol=0, rtol=0)
+    stream = sum(cache.values())  # the residual stream before the final norm
+    torch.testing.assert_close(model.unembed(model.ln_f(stream)), logits, atol=ATOL, rtol=0)
+
+
+def test_run_with_cache_writers_unembed_to_the_logits_without_a_norm():
+    cfg = TransformerConfig(vocab_size=7, d_model=8, n_layers=2, n_heads=3, d_head=4, d_mlp=8, n_positions=6,
+                            norm="none", unembed_bias=True)
+    model = random_model(cfg, 4)
+    tokens = torch.randint(0, 7, (3, 6))
+    logits, cache = model.run_with_cache(tokens)
+    assert list(cache) == ["input", "a0.h0", "a0.h1", "a0.h2", "m0", "a1.h0", "a1.h1", "a1.h2", "m1"]
+    torch.testing.assert_close(sum(cache.values()) @ model.W_U + model.b_U, logits, atol=ATOL, rtol=0)
+
+
+def naive_masked_writers(model, tokens, z, nodes, ablated, cache):
+    """Each writer recomputed from its readers' inputs, themselves mixed from ``cache`` edge by edge."""
+    g, cfg = model.graph, model.cfg
+    W = list(cache.values())
+    abl = (lambda w: 0.0) if ablated is None else (lambda w: ablated[w])
+
+    def reader_input(r):
+        return sum(z[w, r] * W[w] + (1 - z[w, r]) * abl(w) for w in range(g.n_visible_writers(r)))
+
+    def node(w, out):  # what writer w writes under its node mask
+        return nodes[w] * out + (1 - nodes[w]) * abl(w)
+
+    rotary = model._rotary(tokens.shape[1], tokens.device, torch.float64) if cfg.positional == "rotary" else None
+    want = {"input": node(0, model.embed(tokens))}
+    for l, block in enumerate(model.blocks):
+        x = [torch.stack([block.ln1(reader_input(g.head_reader(l, h, port))) for h in range(cfg.n_heads)])
+             for port in "qkv"]
+        heads = block.attention(*x, None, rotary)
+        for h in range(cfg.n_heads):
+            want[f"a{l}.h{h}"] = node(g.head_writer(l, h), heads[h])
+        want[f"m{l}"] = node(g.mlp_writer(l), block.mlp(block.ln2(reader_input(g.mlp_reader(l)))))
+    return want, model.unembed(model.ln_f(reader_input(g.logits_reader)))
+
+
+@given(configs(), st.integers(0, 2**16), st.sampled_from(["zero", "resample", "mean"]), st.data())
+def test_masked_run_with_cache_holds_the_writers_its_readers_see(cfg, seed, ablation, data):
+    model = random_model(cfg, seed)
+    g = model.graph
+    clean, corrupt = torch.randint(0, cfg.vocab_size, (2, 3, 4))
+    # all masks one: the plain run's writers
+    ones = torch.ones(g.n_edges, dtype=torch.float64)
+    _, cache = model.run_with_cache(clean, edge_mask=ones)
+    torch.testing.assert_close(torch.stack(list(cache.values())), model.writers(clean), atol=ATOL, rtol=0)
+    # a circuit with node masks: every writer as the naive per-edge reference computes it from the others
+    keep = data.draw(st.lists(st.sampled_from([0.0, 1.0, 0.3]), min_size=g.n_edges, max_size=g.n_edges))
+    z = torch.tensor(keep, dtype=torch.float64)
+    nodes = torch.rand(g.n_writers, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    ablated = {"zero": None, "resample": model.writers(corrupt),
+               "mean": model.writers(corrupt).mean(1, keepdim=True)}[ablation]
+    for grad in (False, True):  # sparse reads (evaluation) and dense reads (training)
+        with torch.set_grad_enabled(grad):
+            logits, cache = model.run_with_cache(
+                clean, edge_mask=z.clone().requires_grad_(grad), node_mask=nodes, ablated=ablated)
+        assert list(cache) == list(g.writer_names)
+        assert all(not v.requires_grad for v in cache.values())
+        want, want_logits = naive_masked_writers(model, clean, g.dense(z), nodes, ablated, cache)
+        for name in g.writer_names:
+            torch.testing.assert_close(cache[name], want[name], atol=ATOL, rtol=0)
+        torch.testing.assert_close(logits.detach(), want_logits, atol=ATOL, rtol=0)

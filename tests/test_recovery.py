@@ -31,8 +31,8 @@ def check(name, ablation, seed, pruner):
     return result
 
 
-# Edge Pruning's default ends with an exact binarisation that repairs the
-# thresholded circuit on the training set (prune.edge_pruning, ``finalize``).
+# Edge Pruning's default ends with the shared exact finalizer, which repairs the
+# thresholded circuit on the training set (prune.finalize, ``finalize``).
 # So that the suite still judges what training learned, the default pruner's
 # thresholded circuit (log_alpha > 0, before the repair) must be exact too, at
 # seed 0, except on these known cases (per ablation): on shuffle_dyck2 (1,997
@@ -49,13 +49,12 @@ THRESHOLD_MISSES = {"zero": {"shuffle_dyck2", "shuffle_dyck", "sort_freq"}, "res
 def check_threshold(name, result, request):
     if request.config.getoption("--pruner") != DEFAULT_PRUNER:
         return  # another pruner is judged by its final circuit only
-    assert result.threshold_exact is not None, "Edge Pruning did not record its thresholded circuit"
     if name in THRESHOLD_MISSES[result.ablation]:
-        assert not result.threshold_exact, f"{name}: the thresholded circuit is now exact; drop it from THRESHOLD_MISSES"
+        assert not result.own_exact, f"{name}: the thresholded circuit is now exact; drop it from THRESHOLD_MISSES"
     else:
-        assert result.threshold_exact, (
+        assert result.own_exact, (
             f"{name} {result.ablation} seed {result.seed}: the final circuit is exact only thanks to the "
-            f"exact binarisation; the thresholded circuit differs from the ground truth")
+            f"exact finalizer; the thresholded circuit differs from the ground truth")
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -145,8 +145,7 @@ def test_edge_pruning_recovers_zero_ablation_ground_truth(prog, pruner):
         return
     result = recover(prog.name, case.model, case.examples, gt, ablation="zero", seed=0, pruner=pruner)
     event("exact" if result.exact else "not exact")
-    if result.threshold_exact is not None:
-        event("thresholded circuit exact" if result.threshold_exact else "thresholded circuit repaired")
+    event("own circuit exact" if result.own_exact else "own circuit repaired by the finalizer")
     assert result.exact, failure(
         prog, f"zero ablation seed 0: extra {list(result.only_found)}, missed {list(result.only_ground_truth)}, "
               f"reproduces {result.reproduces:.3f} of the outputs")

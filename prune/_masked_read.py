@@ -1,0 +1,251 @@
+"""Autograd kernels behind :class:`prune.model.Transformer`'s masked mode (private).
+
+In masked mode every reader of the graph (each head's query, key and value,
+each MLP, the logits) takes its own mix of all earlier writers' outputs::
+
+    x_r = sum_w  z[w, r] * clean_w + (1 - z[w, r]) * ablated_w
+
+Written as autograd sees it, that is a weighted sum of per-writer copies per
+reader, and a backward pass that allocates a fresh gradient for every writer at
+every read and adds them up afterwards. Most of an Edge Pruning step went
+there. The kernels here instead read many writers into many readers in one
+matmul over a stack of the writers' outputs, without copying it
+(``_ReadWriters``; ``_read_shared`` when evaluating one circuit without
+gradients, reading only the writers the mask uses), and accumulate the writers'
+and the mask's gradients in place, in one buffer each (``_Grads``).
+``_RMSNorm`` norms the readers' inputs (``[3H, B, S, D]`` per layer) in few
+passes over memory. ``_Residual`` puts them together as the masked residual
+stream the model writes to and reads from.
+
+The model (:mod:`prune.model`) only calls them; ``tests/test_model.py`` checks
+them against a naive per-edge reference and finite differences.
+
+Shapes: B batch, S positions, D d_model, W writers, R readers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class _RMSNorm(torch.autograd.Function):
+    """``weight * x / sqrt(mean(x^2) + eps)`` over the last dim, in few passes over memory.
+
+    Masked mode norms one input per reader (``[3H, B, S, D]`` per layer), so the
+    norm is a visible part of a step; autograd over the textbook expression
+    allocates and traverses that tensor about a dozen times, this about five.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        D = x.shape[-1]
+        r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).pow_(2).div_(D).add_(eps).rsqrt_()  # [..., 1]
+        y = x * r
+        ctx.save_for_backward(x, weight, r)
+        return y.mul_(weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, r = ctx.saved_tensors
+        D = x.shape[-1]
+        gw = grad * weight  # d loss / d (x * r)
+        dx = torch.mul(gw, x)
+        dot = dx.sum(-1, keepdim=True)  # [..., 1]
+        torch.mul(gw, r, out=dx)
+        dx.addcmul_(x, r.pow(3).mul_(dot).div_(-D))  # d(x r)/dx = r - x r^3 x^T / D
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = (grad * x * r).reshape(-1, D).sum(0)
+        return dx, grad_weight, None
+
+
+class _Grads:
+    """Gradients of one masked forward pass, accumulated in place by the reads' backward passes.
+
+    Autograd would give every read's backward a fresh ``[n, B, S, D]`` gradient
+    for all n writers before it and then add those up per writer, and a
+    full-size gradient of the mask per read (the backward of slicing it): for a
+    GPT-2-sized graph that is most of an Edge Pruning step, in allocation and
+    memory traffic. Instead each read's backward adds ``z @ grad`` into one
+    writer buffer (``addmm_``) and writes its readers' columns of one mask
+    buffer; autograd gets a writer's gradient once, from the first read after
+    the writer, and the mask's from the first read of all (see ``_ReadWriters``).
+    """
+
+    def __init__(self, stack: torch.Tensor, z: torch.Tensor):
+        self.stack, self.z = stack, z
+        self.writers: torch.Tensor | None = None  # [W, B, S, D]
+        self.mask: torch.Tensor | None = None  # like z
+
+    def start(self, n: int) -> None:  # by the last read's backward, which runs first and reads n writers
+        # Rows :n are about to be written whole by that read (no need to zero them).
+        self.writers = torch.empty_like(self.stack)
+        self.writers[n:].zero_()
+        self.mask = torch.zeros_like(self.z)
+
+
+class _ReadWriters(torch.autograd.Function):
+    """Readers ``r0:r1``'s inputs from the first ``n`` writers, without copying the stack.
+
+    ``stack[:n]`` holds each writer's output minus its ablated stand-in (filled
+    as they are computed, never rewritten within a forward pass), and ``base``
+    the sum of the first n stand-ins (``[B', S, D]``, B' in {1, B}; None under
+    zero ablation). Then ``z.T @ clean + (1 - z).T @ ablated = z.T @ stack[:n] +
+    base``: one matmul over contiguous memory per read, under every ablation,
+    over the readers' columns of the mask ``z`` (``[W, R]``, or ``[B, W, R]``
+    per example), instead of a sum of per-writer copies.
+
+    Gradients, accumulated in ``grads`` (a :class:`_Grads`): ``new_blocks`` are
+    the autograd tensors of the writers written since the previous read,
+    ``stack[first:n]``. Backward adds this read's gradient for all n writers
+    into the writer buffer and returns the accumulated gradient of the new
+    writers only. That is their complete gradient: every later read depends on
+    this read's output (through the writers computed from it), so autograd runs
+    every later read's backward before this one, and no earlier read touches
+    rows ``first:n``. Likewise the mask's gradient is returned, whole, by the
+    first read (``r0 == 0``), whose backward runs last.
+    """
+
+    @staticmethod
+    def forward(ctx, z, r0, r1, stack, base, n, grads, first, *new_blocks):
+        ctx.save_for_backward(z)
+        ctx.r0, ctx.r1, ctx.n, ctx.first = r0, r1, n, first
+        ctx.stack, ctx.grads = stack, grads
+        ctx.sizes = [b.shape[0] for b in new_blocks]
+        _, B, S, D = stack.shape
+        R = r1 - r0
+        if z.ndim == 3:  # one mask per example: z [B, W, R_all]
+            zz = z[:, :n, r0:r1]
+            delta = stack[:n].reshape(n, B, S * D).transpose(0, 1)  # [B, n, SD]
+            out = torch.bmm(zz.transpose(1, 2), delta).transpose(0, 1)  # [R, B, SD]
+            out = out.reshape(R, B, S, D) if base is None else out.view(R, B, S, D) + base
+            return out
+        zz = z[:n, r0:r1]
+        out = (zz.t() @ stack[:n].reshape(n, -1)).view(R, B, S, D)  # [R, B*S*D]
+        return out if base is None else out.add_(base)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (z,) = ctx.saved_tensors
+        n, r0, r1, stack, grads = ctx.n, ctx.r0, ctx.r1, ctx.stack, ctx.grads
+        R, B, S, D = grad.shape
+        per_example = z.ndim == 3
+        fresh = r1 == z.shape[-1] or grads.writers is None
+        if fresh:  # the last read's backward comes first: start afresh
+            grads.start(n)
+        zz = z[:, :n, r0:r1] if per_example else z[:n, r0:r1]
+        g = grad.reshape(R, B, S * D).transpose(0, 1) if per_example else grad.reshape(R, -1)  # [B, R, SD] / [R, BSD]
+        if ctx.needs_input_grad[0]:
+            if per_example:
+                delta = stack[:n].reshape(n, B, S * D).transpose(0, 1)
+                grads.mask[:, :n, r0:r1] = torch.bmm(delta, g.transpose(1, 2))  # [B, n, R]
+            else:
+                grads.mask[:n, r0:r1] = stack[:n].reshape(n, -1) @ g.t()
+        news = [None] * len(ctx.sizes)
+        if any(ctx.needs_input_grad[8:]):
+            if per_example:  # writer w of example b gets zz[b, w, :] @ g[b]
+                acc = grads.writers[:n].view(n, B, S * D).transpose(0, 1)  # [B, n, SD]
+                if R == 1:  # an outer product: a broadcast multiply(-add) is much faster than bmm on CPU
+                    torch.mul(zz, g, out=acc) if fresh else acc.addcmul_(zz, g)
+                elif fresh:
+                    acc.copy_(torch.bmm(zz, g))
+                else:  # on CPU, baddbmm_ into this strided view runs one addmm per example (2-4x slower)
+                    acc.add_(torch.bmm(zz, g))
+            else:
+                acc = grads.writers[:n].view(n, -1)
+                if fresh:
+                    torch.outer(zz[:, 0], g[0], out=acc) if R == 1 else torch.mm(zz, g, out=acc)
+                elif R == 1:
+                    acc.addr_(zz[:, 0], g[0])
+                else:
+                    acc.addmm_(zz, g)
+            news = list(grads.writers[ctx.first : n].split(ctx.sizes))
+        grad_mask = grads.mask if r0 == 0 and ctx.needs_input_grad[0] else None
+        return (grad_mask, None, None, None, None, None, None, None, *news)
+
+
+def _read_shared(z, readers, stack, ablated, base, n):
+    """``_ReadWriters.forward`` for one mask shared by the batch, without gradients (evaluation).
+
+    ``readers``: the columns of ``z`` to read, a slice or ``[R]`` indices;
+    ``stack[:n]`` the writers' outputs. A circuit's mask is mostly zeros, so
+    only the writers with a non-zero entry in these readers' columns are read;
+    with ``base``, the sum of the first n ablated writers, ``(1 - z).T @
+    ablated`` is ``base - z.T @ ablated`` over those same writers.
+    """
+    _, B, S, D = stack.shape
+    zz = z[:n, readers] if isinstance(readers, slice) else z[:n].index_select(1, readers)  # [n, R]
+    R = zz.shape[1]
+    used = zz.ne(0).any(1).nonzero().flatten()
+
+    def rows(t: torch.Tensor) -> torch.Tensor:  # the used writers' rows of t, [u, ...]; no copy when all are
+        return t[:n] if len(used) == n else t.index_select(0, used)
+
+    zu = rows(zz).t()  # [R, u]
+    out = zu @ rows(stack).reshape(len(used), -1) if len(used) else stack.new_zeros(R, B * S * D)  # [R, B*S*D]
+    if ablated is not None:
+        Ba = ablated.shape[1]
+        ab = base.reshape(1, -1).expand(R, -1)  # [R, B'*S*D]
+        if len(used):
+            ab = ab - zu @ rows(ablated).reshape(len(used), -1)
+        out = (out.view(R, B, -1) + ab.view(R, Ba, -1)).view(R, -1)
+    return out.view(R, B, S, D)
+
+
+class _Residual:
+    """The masked residual stream: the writers written so far, read by each reader through the mask.
+
+    ``write(first, out)`` adds writers ``first : first + n`` (``out`` ``[n, B, S, D]``,
+    node masks applied here); ``read(readers)`` gives the readers' inputs
+    ``[R, B, S, D]`` over the writers written so far, sparsely (``_read_shared``,
+    ``sparse``: one mask ``z`` ``[W, R]`` for the batch, no gradients) or densely
+    (``_ReadWriters``). Writers must be written in graph order, and each read
+    must come after every writer it sees.
+    """
+
+    def __init__(self, z, node_mask, ablated, stack: torch.Tensor, sparse: bool):
+        self.z, self.node_mask, self.ablated, self.sparse = z, node_mask, ablated, sparse
+        # [B', S, D]: the sum of the ablated writers written so far (in float32 at least, as a matmul
+        # would add them); a read of the first n writers takes it as they stand.
+        self.ablated_sum = None
+        if ablated is not None:
+            self.ablated_sum = ablated.new_zeros(
+                ablated.shape[1:], dtype=torch.promote_types(ablated.dtype, torch.float32))
+        # The stack ([W, B, S, D], uninitialised) holds what reads need: the writers' outputs (sparse),
+        # or their differences from the ablated writers (dense: one matmul per read, see _ReadWriters).
+        self.delta = ablated is not None and not sparse
+        self.stack = stack  # writers as written (minus ablated if delta)
+        self.grads = _Grads(stack, z)
+        self.pending: list[torch.Tensor] = []  # writers' autograd tensors not yet read
+        self.written = 0  # writers in the stack so far
+
+    def write(self, first: int, out: torch.Tensor) -> None:  # out [n, B, S, D]
+        n = out.shape[0]
+        stack, ablated, node_mask = self.stack, self.ablated, self.node_mask
+        if node_mask is not None:
+            nm = node_mask[..., first : first + n]
+            nm = nm.view(n, 1, 1, 1) if nm.ndim == 1 else nm.t().reshape(n, -1, 1, 1)
+            abl = 0 if ablated is None else ablated[first : first + n]
+            out = nm * out + (1 - nm) * abl
+        with torch.no_grad():
+            if self.delta:
+                torch.sub(out, ablated[first : first + n], out=stack[first : first + n])
+            else:
+                stack[first : first + n] = out
+            if self.ablated_sum is not None:
+                self.ablated_sum.add_(ablated[first : first + n].sum(0, dtype=self.ablated_sum.dtype))
+        self.pending.append(out)
+        self.written = first + n
+
+    def read(self, readers) -> torch.Tensor:  # the readers (a slice or indices) over the writers so far
+        new = list(self.pending)
+        self.pending.clear()
+        stack, written = self.stack, self.written
+        base = None if self.ablated_sum is None else self.ablated_sum.to(stack.dtype)  # a copy when it converts
+        if self.sparse:
+            return _read_shared(self.z, readers, stack, self.ablated, base, written)
+        first = written - sum(b.shape[0] for b in new)
+        return _ReadWriters.apply(self.z, readers.start, readers.stop, stack, base, written, self.grads, first, *new)
+
+    def writers(self) -> torch.Tensor:  # [W, B, S, D], the writers' own outputs (once all are written)
+        return self.stack + self.ablated if self.delta else self.stack
