@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     def pct(a, b):
         return f"{a}/{b} ({100 * a / b:.0f} %)" if b else f"{a}/0"
 
-    print(f"## Random RASP programs: deep run\n")
+    print("## Random RASP programs: deep run\n")
     print(f"`bench/deep_strategies.py --n {args.n} --seed {args.seed}` (depth <= {args.max_depth}, "
           f"vocab <= {args.max_vocab}, length <= {args.max_seq_len}), pruner `{args.pruner}`, zero ablation, "
           f"seed 0; {seconds:.0f} s\n")

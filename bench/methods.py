@@ -41,7 +41,8 @@ each reports its own peak RSS.
 Every figure is labelled *measured* or *extrapolated* in the output, and given
 both as wall time and as the process's CPU time (all its threads): on a shared
 machine the wall time grows with the other load, the CPU time much less. The
-load average at the start is recorded in the JSON. The paper's runtimes (200 IOI examples, one H100: ACDC 18,783 s, EAP 21 s, Edge
+load average at the start is recorded in the JSON. The paper's runtimes (200 IOI examples, one H100:
+ACDC 18,783 s, EAP 21 s, Edge
 Pruning 2,756 s) are printed next to ours as ratios.
 """
 
@@ -242,7 +243,8 @@ def bench_gpt2(opts: dict, methods=METHODS) -> dict:
     print(f"\nGPT-2-small-shaped model, random weights: {first['n_edges'] if first else '?'} edges; "
           f"{opts['n']} IOI examples (length {first['seq_len'] if first else '?'}), resample ablation; "
           f"{opts['threads']} torch thread(s). Wall and process CPU seconds (CPU: all threads):\n")
-    print("| method | measured unit | unit wall / CPU | setup wall | full run wall | full run CPU | full run is | peak RSS |")
+    print("| method | measured unit | unit wall / CPU | setup wall | full run wall | full run CPU | full run is "
+          "| peak RSS |")
     print("|---|---|---|---|---:|---:|---|---:|")
     for method, r in results.items():
         if "error" in r:

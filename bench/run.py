@@ -21,7 +21,6 @@ given.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -244,9 +243,11 @@ def main(argv=None):
                         help='library: EdgePruningConfig fields to change, as JSON, e.g. \'{"steps": 150}\'')
     parser.add_argument("--model", default="gpt2,llama", help="step: model shapes, comma-separated (gpt2, llama)")
     parser.add_argument("--shapes", default="8x32,32x64", help="step: batch x length, comma-separated")
-    parser.add_argument("--steps", type=positive_int, default=5, help="timed steps per step measurement (the first is a warm-up)")
+    parser.add_argument("--steps", type=positive_int, default=5,
+                        help="timed steps per step measurement (the first is a warm-up)")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
-    parser.add_argument("--device", default="cpu", help="step: cpu or cuda (peak memory: RSS on cpu, allocated on cuda)")
+    parser.add_argument("--device", default="cpu",
+                        help="step: cpu or cuda (peak memory: RSS on cpu, allocated on cuda)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     models = args.model.split(",")

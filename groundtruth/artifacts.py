@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from prune.data import Examples
+from prune.files import read_json
 from prune.model import Transformer, TransformerConfig
 
 __all__ = ["Artifact", "ArtifactError", "load_artifact", "load_all", "save_case", "ARTIFACT_FILES", "DEFAULT_ROOT"]
@@ -195,12 +196,7 @@ def save_case(case, root: Path | str = DEFAULT_ROOT) -> Path:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{path} is missing; rebuild with `groundtruth build`") from None
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{path} is not valid JSON ({err}); rebuild with `groundtruth build`") from None
+    return read_json(path, ArtifactError, fix=f"rebuild with `groundtruth build {path.parent.name}`")
 
 
 def _artifact_path(name_or_path: Path | str) -> Path:
@@ -239,7 +235,8 @@ def load_artifact(name_or_path: Path | str) -> Artifact:
     circuits = _read_json(path / "circuits.json")
     if config.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(
-            f"{path / 'config.json'} has format_version {config.get('format_version')!r}; this code reads {FORMAT_VERSION}"
+            f"{path / 'config.json'} has format_version {config.get('format_version')!r}; "
+            f"this code reads {FORMAT_VERSION}"
         )
     try:
         cfg = TransformerConfig.from_dict(config["model"])

@@ -90,10 +90,10 @@ def check_conversion(compiled: Compiled, model: Transformer, examples: Examples,
     want = compiled.tracr_outputs(inputs)
     with torch.no_grad():
         decoded = examples.decode(model(examples.clean, attention_mask=examples.valid))
-    for i, (seq, expected) in enumerate(zip(inputs, want)):
+    for i, (seq, expected) in enumerate(zip(inputs, want, strict=True)):
         got = decoded[i, 1 : len(seq) + 1].tolist()
         if compiled.numerical:
-            ok = all(abs(a - b) <= compiled.program.atol for a, b in zip(got, expected))
+            ok = all(abs(a - b) <= compiled.program.atol for a, b in zip(got, expected, strict=True))
         else:
             ok = [compiled.output_values[int(v)] for v in got] == expected
         if not ok:

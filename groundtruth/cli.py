@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from prune._cli import MAX_SEED, ArgumentParser, positive_int
+from prune._cli import MAX_SEED, ArgumentParser, parse_args, positive_int, run_command
 
 __all__ = ["main", "parse_seeds"]
 
@@ -158,7 +158,7 @@ def cmd_build(args) -> int:
 
     programs = _programs(args.programs)
     rows = []
-    for prog, case in _cases(programs, args.quiet):
+    for _, case in _cases(programs, args.quiet):
         save_case(case, args.out)
         rows.append(_case_row(case))
     _print_table(rows)
@@ -299,7 +299,6 @@ def cmd_compare(args) -> int:
     from groundtruth.compare import compare
 
     torch.set_num_threads(args.threads)
-    start = time.perf_counter()
     compare(args.methods, args.ablation, programs=args.programs, seed=args.seed, out_dir=args.out,
             plot=args.plot, quiet=args.quiet)
     if not args.quiet:
@@ -358,24 +357,19 @@ def main(argv=None) -> int:
     from groundtruth.recovery import PrunerError
     from prune.circuit import CircuitFileError
 
-    args = _parser().parse_args(argv)
+    args = parse_args(_parser(), argv)
+    if isinstance(args, int):
+        return args
     if args.command == "compare":
         if len(args.seed) != 1:
             print(f"error: --seed takes one seed, got {args.seed}", file=sys.stderr)
             return 2
         args.seed = args.seed[0]
     start = time.perf_counter()
-    try:
-        code = args.func(args)
-    except (UsageError, ValueError, KeyError, FileNotFoundError, ArtifactError, ProgramError, PrunerError,
-            CircuitFileError, OSError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written for the run in progress", file=sys.stderr)
-        return 130
-    if getattr(args, "quiet", False) is False:
+    code = run_command(args.func, args, refused=(UsageError, ValueError, KeyError, OSError, ArtifactError,
+                                                  ProgramError, PrunerError, CircuitFileError),
+                       interrupted="interrupted; nothing was written for the run in progress")
+    if code in (0, 1) and getattr(args, "quiet", False) is False:
         print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return code
 

@@ -23,7 +23,8 @@ import hashlib
 import inspect
 import itertools
 import textwrap
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 

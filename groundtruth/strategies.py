@@ -63,8 +63,8 @@ import itertools
 import linecache
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Union
 
 from hypothesis import assume, event
 from hypothesis import strategies as st
@@ -177,36 +177,36 @@ class Indices:
 @dataclasses.dataclass(frozen=True)
 class MapN:
     fn: Fn
-    inner: "Node"
+    inner: Node
     numerical: bool
 
 
 @dataclasses.dataclass(frozen=True)
 class SeqMapN:
     fn: Fn
-    fst: "Node"
-    snd: "Node"
+    fst: Node
+    snd: Node
 
 
 @dataclasses.dataclass(frozen=True)
 class LinearN:
-    fst: "Node"
-    snd: "Node"
+    fst: Node
+    snd: Node
     fst_fac: float
     snd_fac: float
 
 
 @dataclasses.dataclass(frozen=True)
 class SelectN:
-    keys: "Node"
-    queries: "Node"
+    keys: Node
+    queries: Node
     predicate: Fn
 
 
 @dataclasses.dataclass(frozen=True)
 class AggregateN:
     select: SelectN
-    sop: "Node"
+    sop: Node
     numerical: bool
 
 
@@ -215,7 +215,7 @@ class WidthN:
     select: SelectN
 
 
-Node = Union[Tokens, Indices, MapN, SeqMapN, LinearN, AggregateN, WidthN]
+Node = Tokens | Indices | MapN | SeqMapN | LinearN | AggregateN | WidthN
 TOKENS, INDICES = Tokens(), Indices()
 
 
@@ -595,6 +595,10 @@ def _expression_lines(spec: Spec) -> tuple[list[str], str]:
     return lines, out
 
 
+_RASP_NAMES = {MapN: "Map", SeqMapN: "SequenceMap", LinearN: "LinearSequenceMap", AggregateN: "Aggregate",
+               WidthN: "SelectorWidth"}
+
+
 def _summary(spec: Spec) -> str:
     counts = collections.Counter()
 
@@ -602,16 +606,7 @@ def _summary(spec: Spec) -> str:
         if node in seen or isinstance(node, (Tokens, Indices)):
             return
         seen.add(node)
-        if isinstance(node, MapN):
-            counts["Map"] += 1
-        elif isinstance(node, SeqMapN):
-            counts["SequenceMap"] += 1
-        elif isinstance(node, LinearN):
-            counts["LinearSequenceMap"] += 1
-        elif isinstance(node, AggregateN):
-            counts["Aggregate"] += 1
-        elif isinstance(node, WidthN):
-            counts["SelectorWidth"] += 1
+        counts[_RASP_NAMES[type(node)]] += 1
         for child in _children(node):
             walk(child, seen)
 

@@ -15,7 +15,7 @@ import math
 import sys
 
 __all__ = ["ArgumentParser", "parse_int", "parse_positive_int", "positive_int", "nonnegative_int", "random_seed",
-           "nonempty", "parse_fractions"]
+           "nonempty", "parse_fractions", "parse_args", "run_command"]
 
 # torch.Generator.manual_seed and friends take at most 64 bits; random.Random ignores the sign.
 MAX_SEED = 2**63 - 1
@@ -108,3 +108,26 @@ def parse_fractions(text: str, flag: str) -> list[float]:
                              f"({example})")
         values.append(value + 0.0)  # -0.0 -> 0.0
     return values
+
+
+def parse_args(parser: argparse.ArgumentParser, argv) -> argparse.Namespace | int:
+    """``parser.parse_args(argv)``, or the exit status where argparse would exit (``--help``: 0; a refusal
+    :meth:`ArgumentParser.error` has printed: 2), so that ``main(argv)`` returns instead of raising."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else 0 if done.code is None else 2
+
+
+def run_command(func, args, *, refused: tuple[type[BaseException], ...], interrupted: str) -> int:
+    """``func(args)``; an exception of a ``refused`` type becomes the one line ``error: ...`` and exit status 2,
+    Ctrl-C the line ``interrupted`` and 130. Anything else is a bug, and keeps its traceback."""
+    try:
+        return func(args)
+    except refused as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err  # KeyError's str() adds quotes
+        print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130

@@ -46,8 +46,8 @@ def ablated_writers(
     if ablation == "zero":
         return None
     if ablation == "resample":
-        return torch.cat([model.writers(examples.corrupted[b : b + batch_size], attention_mask=examples.valid[b : b + batch_size])
-                          for b in range(0, len(examples), batch_size)], dim=1)
+        parts = [slice(b, b + batch_size) for b in range(0, len(examples), batch_size)]
+        return torch.cat([model.writers(examples.corrupted[p], attention_mask=examples.valid[p]) for p in parts], dim=1)
     mean = mean_writers(model, reference if reference is not None else examples, batch_size=batch_size)
     S = examples.clean.shape[1]
     if mean.shape[2] != S:

@@ -64,7 +64,8 @@ from prune.circuit import Circuit
 from prune.data import Examples
 from prune.edge_pruning import edge_pruning
 from prune.evaluate import Evaluator
-from prune.finalize import check_finalize, finalize as finalize_circuit
+from prune.finalize import check_finalize
+from prune.finalize import finalize as finalize_circuit
 from prune.model import Transformer
 from prune.pruner import Pruner
 
@@ -235,7 +236,7 @@ def _acdc_run(evaluator: Evaluator, tau: float) -> tuple[torch.Tensor, torch.Ten
     mask = torch.ones(g.n_edges)
     increases = torch.zeros(g.n_edges, dtype=torch.float64)
     by_reader: dict[int, list[int]] = {}
-    for pos, (w, r) in enumerate(g.edges):
+    for pos, (_, r) in enumerate(g.edges):
         by_reader.setdefault(r, []).append(pos)
     writer_of = g.edge_index_tensor[0]
     current = evaluator.faithfulness(mask)
@@ -291,7 +292,7 @@ def acdc_sweep(model: Transformer, examples: Examples, *, ablation: str, taus=DE
     start = time.perf_counter()
     circuits = [acdc(model, examples, ablation=ablation, tau=t, finalize="own", model_name=model_name) for t in taus]
     scores = torch.zeros(model.graph.n_edges, dtype=torch.float64)
-    for t, c in zip(taus, circuits):
+    for t, c in zip(taus, circuits, strict=True):
         scores = torch.where(c.mask() > 0, torch.clamp(scores, min=t), scores)
     smallest = circuits[min(range(len(taus)), key=taus.__getitem__)]
     evaluator = Evaluator(model, examples, ablation)

@@ -9,14 +9,13 @@ EAP-IG ignores.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
 import torch
 
 from prune.ablation import ABLATIONS
-from prune.files import atomic_write_json
+from prune.files import atomic_write_json, read_json
 from prune.graph import Graph
 
 __all__ = ["Circuit", "Comparison", "CircuitFileError"]
@@ -80,7 +79,8 @@ class Circuit:
             raise ValueError("a circuit lists an edge twice")
         object.__setattr__(self, "edges", tuple(self.graph.edge_names[i] for i in sorted(positions)))
         if self.scores is not None and len(self.scores) != self.graph.n_edges:
-            raise ValueError(f"scores must have one value per graph edge ({self.graph.n_edges}), got {len(self.scores)}")
+            raise ValueError(
+                f"scores must have one value per graph edge ({self.graph.n_edges}), got {len(self.scores)}")
         if self.scores is not None:
             bad = [i for i, s in enumerate(self.scores) if not math.isfinite(s)]
             if bad:
@@ -89,7 +89,7 @@ class Circuit:
 
     # ------------------------------------------------------------ building
     @classmethod
-    def from_mask(cls, graph: Graph, mask: torch.Tensor, **kwargs) -> "Circuit":
+    def from_mask(cls, graph: Graph, mask: torch.Tensor, **kwargs) -> Circuit:
         return cls(graph=graph, edges=tuple(graph.names_of(mask > 0.5)), **kwargs)
 
     def mask(self) -> torch.Tensor:
@@ -102,7 +102,7 @@ class Circuit:
     def __len__(self) -> int:
         return len(self.edges)
 
-    def without_dead_ends(self) -> "Circuit":
+    def without_dead_ends(self) -> Circuit:
         """Drop edges into heads and MLPs whose output reaches nothing (no effect on the output)."""
         g = self.graph
         keep = set(self.edges)
@@ -140,7 +140,7 @@ class Circuit:
             "nodes": {n: {"in_graph": n in nodes} for n in (*g.writer_names, "logits")},
             "edges": {
                 e: {"score": float(s), "in_graph": e in in_circuit}
-                for e, s in zip(g.edge_names, scores)
+                for e, s in zip(g.edge_names, scores, strict=True)
             },
             "model": self.model,
             "ablation": self.ablation,
@@ -153,16 +153,11 @@ class Circuit:
         return atomic_write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | Path, *, graph: Graph | None = None, model: str | None = None) -> "Circuit":
+    def load(cls, path: str | Path, *, graph: Graph | None = None, model: str | None = None) -> Circuit:
         """Read an EAP-IG JSON circuit; with ``graph``/``model``, refuse one made for another model."""
         path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise CircuitFileError(f"no circuit file at {path}") from None
-        except json.JSONDecodeError as err:
-            raise CircuitFileError(f"{path} is not valid JSON: {err}") from None
-        if not isinstance(d, dict) or not {"cfg", "nodes", "edges"} <= set(d):
+        d = read_json(path, CircuitFileError, fix="give a circuit file written by Circuit.save or EAP-IG")
+        if not {"cfg", "nodes", "edges"} <= set(d):
             raise CircuitFileError(f"{path} is not an EAP-IG circuit (needs 'cfg', 'nodes' and 'edges')")
         cfg = d["cfg"]
         if not isinstance(cfg, dict) or not {"n_layers", "n_heads"} <= set(cfg):
@@ -191,7 +186,8 @@ class Circuit:
             extra = sorted(listed - set(file_graph.edge_names))
             raise CircuitFileError(
                 f"{path} does not list every edge of its {file_graph.n_layers}-layer, {file_graph.n_heads}-head graph "
-                f"exactly once: {len(missing)} missing (first {missing[:1]}), {len(extra)} unknown (first {extra[:1]}); "
+                f"exactly once: {len(missing)} missing (first {missing[:1]}), "
+                f"{len(extra)} unknown (first {extra[:1]}); "
                 f"write it with Circuit.save or EAP-IG's Graph.to_json")
         try:
             edges = tuple(e for e, v in d["edges"].items() if v["in_graph"])
@@ -201,7 +197,8 @@ class Circuit:
         except KeyError as err:
             raise CircuitFileError(f"{path}: {err.args[0]}") from None
         except (TypeError, ValueError) as err:
-            raise CircuitFileError(f"{path}: an edge entry needs a numeric 'score' and a bool 'in_graph' ({err})") from None
+            raise CircuitFileError(
+                f"{path}: an edge entry needs a numeric 'score' and a bool 'in_graph' ({err})") from None
         try:
             return cls(
                 graph=file_graph, edges=edges, ablation=d.get("ablation", ""), model=d.get("model", ""),

@@ -51,8 +51,8 @@ from pathlib import Path
 
 import torch
 
-from prune._cli import ArgumentParser, nonempty, parse_fractions, parse_int, positive_int, random_seed
-from prune.files import atomic_write_json
+from prune._cli import ArgumentParser, nonempty, parse_fractions, parse_int, positive_int, random_seed, run_command
+from prune.files import atomic_write_json, read_json
 
 __all__ = ["OUTPUTS", "circuit_metrics", "main", "remove_stale_temp_files", "target_folder"]
 
@@ -164,15 +164,7 @@ def _state(run_dir: Path) -> str:
 
 
 def _read_json(path: Path, what: str) -> dict:
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UsageError(f"{path} is unreadable ({err}); it records {what}: restore it, or choose another --out") \
-            from None
-    if not isinstance(obj, dict):
-        raise UsageError(f"{path} holds a {type(obj).__name__}, not a record of {what}; restore it, "
-                         f"or choose another --out")
-    return obj
+    return read_json(path, UsageError, fix=f"it records {what}: restore it, or choose another --out")
 
 
 def _check_out_dir(args, targets: list[float], run_dirs: list[Path], record: dict) -> list[str]:
@@ -478,14 +470,8 @@ def main(argv=None) -> int:
             which.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as done:  # --help, or a refusal ArgumentParser.error has printed
         return done.code if isinstance(done.code, int) else 0 if done.code is None else 2
-    try:
-        return args.func(args)
-    except UsageError as err:
-        print(f"error: {' '.join(str(err).splitlines())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; continue from the last checkpoint with the same command and --resume", file=sys.stderr)
-        return 130
+    return run_command(args.func, args, refused=(UsageError,),
+                       interrupted="interrupted; continue from the last checkpoint with the same command and --resume")
 
 
 if __name__ == "__main__":

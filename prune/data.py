@@ -55,13 +55,13 @@ class Examples:
     def __len__(self) -> int:
         return len(self.clean)
 
-    def subset(self, index) -> "Examples":
+    def subset(self, index) -> Examples:
         return dataclasses.replace(
             self, clean=self.clean[index], corrupted=self.corrupted[index],
             valid=self.valid[index], answer=self.answer[index],
         )
 
-    def to(self, device) -> "Examples":
+    def to(self, device) -> Examples:
         return dataclasses.replace(
             self, clean=self.clean.to(device), corrupted=self.corrupted.to(device),
             valid=self.valid.to(device), answer=self.answer.to(device),

@@ -113,7 +113,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from prune import hard_concrete
 from prune.ablation import ablated_writers, check_ablation
@@ -364,7 +363,7 @@ class EdgePruner:
         self.seconds += time.perf_counter() - start
         return stats
 
-    def run(self, *, quiet: bool = True, checkpoint: str | Path | None = None, every: int = 100) -> "EdgePruner":
+    def run(self, *, quiet: bool = True, checkpoint: str | Path | None = None, every: int = 100) -> EdgePruner:
         """Train to the last step; with ``checkpoint``, save there every ``every`` steps and at the end."""
         from tqdm import tqdm  # only here: `import prune` needs torch, numpy and safetensors alone
 
@@ -412,7 +411,7 @@ class EdgePruner:
             save_file(self.state_dict(), str(tmp), metadata=self._metadata())
         return Path(path)
 
-    def load(self, path: str | Path) -> "EdgePruner":
+    def load(self, path: str | Path) -> EdgePruner:
         """Continue from a checkpoint of this same run (model, data, ablation, seed and config)."""
         from safetensors import safe_open
 

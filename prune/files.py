@@ -15,7 +15,8 @@ import secrets
 import stat
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "save_figure"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "read_json",
+           "save_figure"]
 
 
 def _create_temp(path: Path) -> Path:
@@ -76,6 +77,24 @@ def atomic_write_json(path: str | Path, obj, *, indent: int | None = 1) -> Path:
     cannot hold leaves no temporary file behind.
     """
     return atomic_write_text(path, json.dumps(obj, indent=indent))
+
+
+def read_json(path: str | Path, error: type[Exception], *, fix: str = "") -> dict:
+    """The JSON object in ``path``; a missing, unreadable or invalid file, or JSON that is not an object,
+    raises ``error`` with one line naming it (and ``fix``, what to do about it)."""
+    path = Path(path)
+    hint = f"; {fix}" if fix else ""
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path} is missing{hint}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"{path} cannot be read ({type(err).__name__}: {err}){hint}") from None
+    except json.JSONDecodeError as err:
+        raise error(f"{path} is not valid JSON ({err}){hint}") from None
+    if not isinstance(obj, dict):
+        raise error(f"{path} holds a JSON {type(obj).__name__}, not an object{hint}")
+    return obj
 
 
 def save_figure(fig, path: str | Path, *, dpi: int = 120) -> Path:

@@ -293,10 +293,9 @@ def _convert_gpt2(hf, cfg: TransformerConfig, model: Transformer, done: set):
         for mine, hf_ln, name in [(ours.ln1, theirs.ln_1, "ln1"), (ours.ln2, theirs.ln_2, "ln2")]:
             _copy(mine.weight, hf_ln.weight, p + name + ".weight", done)
             _copy(mine.bias, hf_ln.bias, p + name + ".bias", done)
-        _copy(ours.W_in, theirs.mlp.c_fc.weight, p + "W_in", done)
-        _copy(ours.b_in, theirs.mlp.c_fc.bias, p + "b_in", done)
-        _copy(ours.W_out, theirs.mlp.c_proj.weight, p + "W_out", done)
-        _copy(ours.b_out, theirs.mlp.c_proj.bias, p + "b_out", done)
+        fc, proj = theirs.mlp.c_fc, theirs.mlp.c_proj  # Conv1D: weights already [in, out]
+        for name, value in (("W_in", fc.weight), ("b_in", fc.bias), ("W_out", proj.weight), ("b_out", proj.bias)):
+            _copy(getattr(ours, name), value, p + name, done)
     _copy(model.ln_f.weight, t.ln_f.weight, "ln_f.weight", done)
     _copy(model.ln_f.bias, t.ln_f.bias, "ln_f.bias", done)
     # lm_head is wte itself when tied (GPT-2's checkpoints), its own weight otherwise.
@@ -321,9 +320,8 @@ def _convert_llama(hf, cfg: TransformerConfig, model: Transformer, done: set):
             _copy(ours.b_O, a.o_proj.bias, p + "b_O", done)
         _copy(ours.ln1.weight, theirs.input_layernorm.weight, p + "ln1.weight", done)
         _copy(ours.ln2.weight, theirs.post_attention_layernorm.weight, p + "ln2.weight", done)
-        _copy(ours.W_gate, mlp.gate_proj.weight.T, p + "W_gate", done)
-        _copy(ours.W_in, mlp.up_proj.weight.T, p + "W_in", done)
-        _copy(ours.W_out, mlp.down_proj.weight.T, p + "W_out", done)
+        for name, linear in (("W_gate", mlp.gate_proj), ("W_in", mlp.up_proj), ("W_out", mlp.down_proj)):
+            _copy(getattr(ours, name), linear.weight.T, p + name, done)  # nn.Linear: [out, in]
     _copy(model.ln_f.weight, m.norm.weight, "ln_f.weight", done)
     _copy(model.W_U, hf.lm_head.weight.T, "W_U", done)
 

@@ -99,7 +99,7 @@ class TransformerConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TransformerConfig":
+    def from_dict(cls, d: dict) -> TransformerConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - fields
         if unknown:
@@ -444,27 +444,21 @@ class Transformer(nn.Module):
         with torch.no_grad():
             return self(tokens, attention_mask=attention_mask, return_writers=True)[1]
 
-    def run_with_cache(
-        self,
-        tokens: torch.Tensor,
-        *,
-        attention_mask: torch.Tensor | None = None,
-        edge_mask: torch.Tensor | None = None,
-        node_mask: torch.Tensor | None = None,
-        ablated: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def run_with_cache(self, tokens: torch.Tensor, **masks) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits ``[B, S, out]`` and every writer's output by graph name, ``{name: [B, S, D]}`` (detached).
 
         TransformerLens's activation cache without hooks: the names are
         ``self.graph.writer_names`` in graph order (``input``, ``a0.h0``, ...,
         ``m0``, ...). In a plain run the outputs sum to the residual stream
-        before ``ln_f``. With ``edge_mask``/``node_mask`` (and ``ablated``, as
-        in ``forward``) the run is masked and each output is the writer's in
+        before ``ln_f``. ``masks``: ``forward``'s keywords (``attention_mask``,
+        and with ``edge_mask``/``node_mask`` and ``ablated`` the run is masked) and each output is the writer's in
         that run, after its node mask: what its readers take where their edge
         is kept. Every writer is computed, live in the circuit or not.
         """
-        logits, stack = self(tokens, attention_mask=attention_mask, edge_mask=edge_mask, node_mask=node_mask,
-                             ablated=ablated, return_writers=True)
+        if "positions" in masks or "return_writers" in masks:
+            raise ValueError("run_with_cache caches every position's writers; positions and return_writers "
+                             "are forward's alone")
+        logits, stack = self(tokens, return_writers=True, **masks)
         return logits, dict(zip(self.graph.writer_names, stack.detach().unbind(0), strict=True))
 
     # Per-block computation, as the naive reference in tests/test_model.py calls it.

@@ -30,7 +30,8 @@ class Pruner(Protocol):
 
 
 def check_circuit(circuit: object, model: Transformer, ablation: str, *, who: str = "the pruner") -> Circuit:
-    """``circuit`` if it is a Circuit of ``model``'s graph found under ``ablation``; else a clear TypeError/ValueError."""
+    """``circuit`` if it is a Circuit of ``model``'s graph found under ``ablation``; else a TypeError or
+    ValueError that says what is wrong."""
     if not isinstance(circuit, Circuit):
         raise TypeError(f"{who} returned {type(circuit).__name__}, not a prune.circuit.Circuit")
     if circuit.graph != model.graph:

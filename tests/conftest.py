@@ -23,6 +23,29 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
+def random_model(cfg, seed):
+    """A float64 :class:`prune.model.Transformer` of ``cfg`` with every weight drawn from N(0, 0.5^2)."""
+    from prune.model import Transformer
+
+    torch.manual_seed(seed)
+    model = Transformer(cfg).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    return model.requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module, restored after: the models here are tiny, so a second thread only
+    adds synchronisation, and on a loaded machine its spin-waits slow every forward pass many times over
+    (some tests, e.g. a CLI's, set the thread count themselves)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @functools.cache
 def library_case(name: str):
     """The built :class:`groundtruth.case.Case` of a library program (cached)."""

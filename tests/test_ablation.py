@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import random_model
 from prune.ablation import ablated_writers, mean_writers
 from prune.data import Examples
 from prune.model import Transformer, TransformerConfig
@@ -25,14 +26,9 @@ VALID = torch.tensor([
 
 
 def _model(causal: bool, seed: int = 0) -> Transformer:
-    torch.manual_seed(seed)
     cfg = TransformerConfig(vocab_size=7, d_model=8, n_layers=2, n_heads=2, d_head=4, d_mlp=16, n_positions=S,
                             causal=causal)
-    model = Transformer(cfg).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.5)
-    return model.requires_grad_(False)
+    return random_model(cfg, seed)
 
 
 def _examples(seed: int = 1, valid: torch.Tensor = VALID) -> Examples:

@@ -11,8 +11,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import library_case, library_names
-from groundtruth.artifacts import (ARTIFACT_FILES, DEFAULT_ROOT, ArtifactError, _examples_tensors, _state_dict,
-                                   case_files, load_artifact, save_case)
+from groundtruth.artifacts import (
+    ARTIFACT_FILES,
+    DEFAULT_ROOT,
+    ArtifactError,
+    _examples_tensors,
+    _state_dict,
+    case_files,
+    load_artifact,
+    save_case,
+)
 
 NAMES = library_names()
 

@@ -27,14 +27,7 @@ def metric(model, examples, mask, ablation) -> float:
 FAST = ("acdc", "eap", "eap_ig")  # edge_pruning runs only in the compare test (it trains for 150 steps)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread for these tiny models: a second only adds synchronisation, and on a
-    shared, loaded machine its spin-waits slow every forward pass many times over."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------ toy models

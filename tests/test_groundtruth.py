@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import library_case, library_names
+from groundtruth.case import make_examples
 from groundtruth.circuits import functional_edges
 from groundtruth.compiler import check_against_rasp
-from groundtruth.case import make_examples
 from groundtruth.registry import library
 
 NAMES = library_names()

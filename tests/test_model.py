@@ -5,6 +5,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import random_model
 from prune.model import Transformer, TransformerConfig
 
 # float64 throughout: the masked sums reorder additions, so agreement is to
@@ -30,15 +31,6 @@ def configs(draw):
         **common, n_kv_heads=n_kv, norm="rmsnorm", activation="silu", gated_mlp=True, positional="rotary",
         attn_bias=False, attn_out_bias=False, mlp_bias=False,
     )
-
-
-def random_model(cfg, seed):
-    torch.manual_seed(seed)
-    model = Transformer(cfg).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.5)
-    return model.requires_grad_(False)
 
 
 def naive_masked(model, tokens, z, ablated):

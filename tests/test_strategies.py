@@ -66,13 +66,7 @@ ACCEPTANCE_THRESHOLD = 0.8
 ACCEPTANCE_N = 200 if DEEP else 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny; one thread leaves the other core to the rest of the machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------ helpers

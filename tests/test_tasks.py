@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 from conftest import word_level_tokenizer
 from prune import tasks
 from prune.tasks import (
-    FEMALE_NAMES, IOI_TEMPLATES, MALE_NAMES, TASKS, accuracy, gpt2_tokenizer, logit_difference, make_task,
+    FEMALE_NAMES,
+    IOI_TEMPLATES,
+    MALE_NAMES,
+    TASKS,
+    accuracy,
+    gpt2_tokenizer,
+    logit_difference,
+    make_task,
     probability_difference,
 )
 
