@@ -1,6 +1,6 @@
 """Ground-truth circuits of a compiled program, derived and verified automatically.
 
-Three variants (see DESIGN.md):
+Three variants (docs/ground-truth.md):
 
 - ``structural``: every edge with a nonzero weight path: the directions a
   writer writes (nonzero output weights) meet the directions a reader reads

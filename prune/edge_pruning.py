@@ -79,7 +79,7 @@ mostly zero; the defaults make the score-function signal usable.
   ``lambda_lr=1e-4`` (the rates above, ``decay`` included, were tuned there):
   the same total movement of the gates and the multipliers in half the steps,
   and half the time. Exact recovery held on every program and seed measured
-  (README), but the thresholded circuit of the largest programs is exact less
+  (bench/results/library-*.md), but the thresholded circuit of the largest programs is exact less
   often, so the exact finalizer repairs more; ``steps=300, lr=0.1,
   lambda_lr=1e-4`` is the longer run.
 - ``finalize="exact"`` (reference: a fixed threshold for Tracr, or a threshold

@@ -123,7 +123,7 @@ def _fixed_length_examples(case, inputs):
 
 def test_golden_reverse_zero_ablation_matches_acdc():
     # ACDC's tracr "reverse" task: the 6 permutations of [1, 2, 3], zero ablation.
-    # Its ground truth (acdc/tracr_task/utils.py), with auto-circuit's names
+    # Its ground truth (ACDC's repository, acdc/tracr_task/utils.py), with auto-circuit's names
     # mapped to ours (Resid Start -> input, A3.0.Q -> a3.h0<q>, Resid End -> logits).
     acdc = {
         "a3.h0->logits", "m2->a3.h0<q>", "input->a3.h0<k>", "input->a3.h0<v>", "m1->m2",

@@ -40,7 +40,7 @@ def check(name, ablation, seed, pruner):
 # edges of the four layer-1 averaging heads, which change only ~5-12% of the
 # outputs, below the threshold; with the 150-step default, the thresholded
 # circuits of shuffle_dyck (388 edges) and sort_freq (116) at seed 0 under zero
-# ablation differ from the ground truth too (README gives the counts over ten
+# ablation differ from the ground truth too (bench/results/library-*.md give the counts over ten
 # seeds). The repair restores them. The check is strict both ways: it fails
 # when training starts getting one of these right, so the entry must go.
 THRESHOLD_MISSES = {"zero": {"shuffle_dyck2", "shuffle_dyck", "sort_freq"}, "resample": {"shuffle_dyck2"}}

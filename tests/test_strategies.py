@@ -128,7 +128,7 @@ def test_conversion_and_zero_ablation_ground_truth(prog):
 
 # Edge Pruning's default configuration, exact binarisation included; hypothesis'
 # events count how often the thresholded circuit alone was already exact (run
-# pytest with --hypothesis-show-statistics). The deep run is in the README.
+# pytest with --hypothesis-show-statistics). The deep run: bench/results/deep-strategies.md.
 @RECOVERY
 @given(prog=programs(**SIZE))
 def test_edge_pruning_recovers_zero_ablation_ground_truth(prog, pruner):
