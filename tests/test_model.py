@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import random_model
+from prune.ablation import ABLATIONS
 from prune.model import Transformer, TransformerConfig
 
 # float64 throughout: the masked sums reorder additions, so agreement is to
@@ -255,7 +256,7 @@ def naive_masked_writers(model, tokens, z, nodes, ablated, cache):
     return want, model.unembed(model.ln_f(reader_input(g.logits_reader)))
 
 
-@given(configs(), st.integers(0, 2**16), st.sampled_from(["zero", "resample", "mean"]), st.data())
+@given(cfg=configs(), seed=st.integers(0, 2**16), ablation=st.sampled_from(ABLATIONS), data=st.data())
 def test_masked_run_with_cache_holds_the_writers_its_readers_see(cfg, seed, ablation, data):
     model = random_model(cfg, seed)
     g = model.graph

@@ -38,6 +38,11 @@ VARIANTS = [
 ]
 IDS = [f"{name}-{'-'.join(kw.values()) or 'default'}" for name, kw in VARIANTS]
 seeds = st.integers(0, 2**32 - 1)
+few = settings(max_examples=5, deadline=None)  # each example builds a task with the real GPT-2 tokenizer
+
+
+def few_seeds(test):
+    return few(given(seed=seeds)(test))
 
 
 def decode(ids) -> str:
@@ -106,7 +111,7 @@ def _template_regex(template: str) -> re.Pattern:
     return re.compile(pattern + "$")
 
 
-@settings(max_examples=5, deadline=None)
+@few
 @given(seed=seeds, split=st.sampled_from(["train", "test"]))
 def test_ioi_names_and_templates(seed, split):
     task = tasks.ioi(TOK, 40, seed=seed, templates=split)
@@ -134,8 +139,7 @@ def test_ioi_train_and_test_templates_are_disjoint():
 
 
 # -------------------------------------------------------------- greater-than
-@settings(max_examples=5, deadline=None)
-@given(seed=seeds)
+@few_seeds
 def test_greater_than_years(seed):
     task = tasks.greater_than(TOK, 30, seed=seed)
     assert [decode([t]) for t in task.year_tokens] == [f"{y:02d}" for y in range(100)]
@@ -199,8 +203,7 @@ def test_logit_difference_and_accuracy_on_hand_made_logits():
 
 
 # ---------------------------------------------------------- gendered pronoun
-@settings(max_examples=5, deadline=None)
-@given(seed=seeds)
+@few_seeds
 def test_gendered_pronoun(seed):
     task = tasks.gendered_pronoun(TOK, 30, seed=seed)
     pronouns = set()
