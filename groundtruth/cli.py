@@ -37,6 +37,9 @@ __all__ = ["main", "parse_seeds"]
 DEFAULT_THREADS = 1
 
 
+_MAX_SEEDS = 10_000  # a range like 0-99999999999 would otherwise build its list before anything is refused
+
+
 class UsageError(Exception):
     """A bad argument or input: one line on stderr, exit status 2."""
 
@@ -57,6 +60,9 @@ def parse_seeds(text: str) -> list[int]:
             ) from None
         if dash and int(last) < int(first):
             raise argparse.ArgumentTypeError(f"--seeds {text!r}: the range {part!r} is empty; write it low-high")
+        if len(seeds) + len(values) > _MAX_SEEDS:
+            raise argparse.ArgumentTypeError(f"--seeds {text!r} asks for more than {_MAX_SEEDS} runs per program; "
+                                             f"give fewer seeds")
         seeds.extend(values)
     if any(not 0 <= s <= MAX_SEED for s in seeds):
         raise argparse.ArgumentTypeError(f"--seeds {text!r}: seeds must be whole numbers from 0 to {MAX_SEED}")
