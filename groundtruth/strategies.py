@@ -606,7 +606,8 @@ def _summary(spec: Spec) -> str:
         if node in seen or isinstance(node, (Tokens, Indices)):
             return
         seen.add(node)
-        counts[_RASP_NAMES[type(node)]] += 1
+        if type(node) in _RASP_NAMES:  # selects are counted through what uses them
+            counts[_RASP_NAMES[type(node)]] += 1
         for child in _children(node):
             walk(child, seen)
 
