@@ -220,9 +220,21 @@ def bench_step(steps: int, models: list[str], shapes: list[tuple[int, int]], thr
     return results
 
 
-def _shape(text: str) -> tuple[int, int]:
-    batch, _, length = text.partition("x")
-    return int(batch), int(length)
+def _shapes(text: str) -> list[tuple[int, int]]:
+    """argparse ``type`` of ``--shapes``: ``BxL`` pairs of whole numbers >= 1, comma-separated."""
+    import argparse
+
+    shapes = []
+    for part in text.split(","):
+        batch, x, length = part.strip().partition("x")
+        try:
+            shape = (int(batch), int(length)) if x else ()
+        except ValueError:
+            shape = ()
+        if not shape or min(shape) < 1:
+            raise argparse.ArgumentTypeError(f"{part!r} is not batch x length; give e.g. 8x32 or 8x32,32x64")
+        shapes.append(shape)
+    return shapes
 
 
 def main(argv=None):
@@ -231,8 +243,8 @@ def main(argv=None):
         batch, length, steps, threads = map(int, sys.argv[4:8])
         print(json.dumps(_one_measurement(kind, shape, batch, length, steps, threads, sys.argv[8])))
         return 0
-    from groundtruth.cli import parse_seeds
-    from prune._cli import ArgumentParser, positive_int
+    from groundtruth.cli import MAX_THREADS, parse_seeds
+    from prune._cli import ArgumentParser, parse_int, positive_int
 
     parser = ArgumentParser(prog="bench/run.py", description=__doc__.splitlines()[0])
     parser.add_argument("part", choices=["library", "step", "all"], nargs="?", default="all")
@@ -242,10 +254,11 @@ def main(argv=None):
     parser.add_argument("--config", type=json.loads, default=None,
                         help='library: EdgePruningConfig fields to change, as JSON, e.g. \'{"steps": 150}\'')
     parser.add_argument("--model", default="gpt2,llama", help="step: model shapes, comma-separated (gpt2, llama)")
-    parser.add_argument("--shapes", default="8x32,32x64", help="step: batch x length, comma-separated")
+    parser.add_argument("--shapes", type=_shapes, default="8x32,32x64", help="step: batch x length, comma-separated")
     parser.add_argument("--steps", type=positive_int, default=5,
                         help="timed steps per step measurement (the first is a warm-up)")
-    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=lambda t: parse_int(t, "", minimum=1, maximum=MAX_THREADS), default=1,
+                        help=f"torch CPU threads, 1 to {MAX_THREADS}")
     parser.add_argument("--device", default="cpu",
                         help="step: cpu or cuda (peak memory: RSS on cpu, allocated on cuda)")
     parser.add_argument("--json", type=Path)
@@ -266,8 +279,7 @@ def main(argv=None):
         programs = args.programs.split(",") if args.programs else None
         report["library"] = bench_library(args.seeds, args.ablation, args.threads, programs, args.config)
     if args.part in ("step", "all"):
-        report["step"] = bench_step(args.steps, models, [_shape(s) for s in args.shapes.split(",")], args.threads,
-                                    args.device)
+        report["step"] = bench_step(args.steps, models, args.shapes, args.threads, args.device)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0

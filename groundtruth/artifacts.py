@@ -181,7 +181,10 @@ def save_case(case, root: Path | str = DEFAULT_ROOT) -> Path:
             "files_sha256": {f: _sha256(tmp / f) for f in ARTIFACT_FILES},
         }
         (tmp / "provenance.json").write_text(_dumps(provenance))
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; a folder that others can read, per the umask
+        mask = _umask()
+        for f in tmp.iterdir():  # safetensors writes 0600 files; give every file open()'s mode, per the umask
+            os.chmod(f, 0o666 & ~mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it 0700; a folder that others can read, per the umask
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{case.program.name}.old.", suffix=_BUILDING, dir=root))
             os.rename(final, old / "x")
@@ -196,7 +199,10 @@ def save_case(case, root: Path | str = DEFAULT_ROOT) -> Path:
 
 
 def _read_json(path: Path) -> dict:
-    return read_json(path, ArtifactError, fix=f"rebuild with `groundtruth build {path.parent.name}`")
+    fix = f"rebuild with `groundtruth build {path.parent.name}`"
+    if path.exists() and not path.is_file():  # a FIFO would block the read forever
+        raise ArtifactError(f"{path} is not a regular file; {fix}")
+    return read_json(path, ArtifactError, fix=fix)
 
 
 def _artifact_path(name_or_path: Path | str) -> Path:
@@ -242,8 +248,9 @@ def load_artifact(name_or_path: Path | str) -> Artifact:
         cfg = TransformerConfig.from_dict(config["model"])
     except (KeyError, TypeError, ValueError) as err:
         raise ArtifactError(f"{path / 'config.json'}: bad model config: {err}") from None
-    model = Transformer(cfg)
     state = _load_tensors(path / "model.safetensors")
+    _check_fit(cfg, state, path)
+    model = Transformer(cfg)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -260,20 +267,50 @@ def load_artifact(name_or_path: Path | str) -> Artifact:
             clean=t["clean"].long(), corrupted=t["corrupted"].long(), valid=t["valid"].bool(),
             answer=t["answer"].bool(), kind=config["output"]["kind"], atol=config["output"]["atol"],
         )
-    except (KeyError, ValueError) as err:
-        raise ArtifactError(f"{path / 'examples.safetensors'}: {err}") from None
-    if examples.clean.shape[1] > cfg.n_positions or int(examples.clean.max()) >= cfg.vocab_size:
+    except (KeyError, TypeError, ValueError) as err:
+        raise ArtifactError(f"{path / 'examples.safetensors'}: {err}; rebuild with `groundtruth build {path.name}`"
+                            ) from None
+    ids = torch.cat([examples.clean.flatten(), examples.corrupted.flatten()])
+    if not 0 < examples.clean.shape[1] <= cfg.n_positions or int(ids.min()) < 0 or int(ids.max()) >= cfg.vocab_size:
         raise ArtifactError(f"{path / 'examples.safetensors'}: ids or lengths do not fit the model")
     variants = circuits.get("variants")
     if not isinstance(variants, dict):
         raise ArtifactError(f"{path / 'circuits.json'} has no 'variants'")
     for variant, edges in variants.items():
+        if not isinstance(edges, list) or not all(isinstance(e, str) for e in edges):
+            raise ArtifactError(f"{path / 'circuits.json'}: {variant}: {edges!r} is not a list of edge names; "
+                                f"rebuild with `groundtruth build {path.name}`")
         for e in edges:
             try:
                 model.graph.edge_position(e)
             except KeyError as err:
                 raise ArtifactError(f"{path / 'circuits.json'}: {variant}: {err.args[0]}") from None
     return Artifact(path.name, path, model, examples, config, variants, provenance)
+
+
+def _check_fit(cfg: TransformerConfig, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights whose shapes are not the config's, before the model is built: a config that names
+    more layers or heads than the weights hold, or huge or negative sizes, is refused here in one short
+    line, not by a crash, an allocation of the sizes it names, or an error listing every missing weight."""
+    fix = f"rebuild with `groundtruth build {path.name}`"
+    layers = {k.split(".")[1] for k in state if k.startswith("blocks.")}
+    heads = state.get("blocks.0.W_Q")
+    n_heads = heads.shape[0] if heads is not None and heads.ndim == 3 else None
+    if cfg.n_layers != len(layers) or cfg.n_heads != n_heads:
+        raise ArtifactError(f"{path / 'model.safetensors'} does not fit the config: {cfg.n_layers} layers of "
+                            f"{cfg.n_heads} heads in the config, {len(layers)} of {n_heads} in the weights; {fix}")
+    try:
+        with torch.device("meta"):  # shapes only, nothing allocated
+            want = {k: tuple(v.shape) for k, v in Transformer(cfg).state_dict().items()}
+    except (RuntimeError, TypeError, ValueError, OverflowError) as err:  # torch's first line; its C++ frames follow
+        raise ArtifactError(f"{path / 'config.json'}: bad model config: {(str(err).splitlines() or [''])[0][:200]}; "
+                            f"{fix}") from None
+    have = {k: tuple(v.shape) for k, v in state.items()}
+    if want != have:
+        bad = sorted(set(want) ^ set(have)) or [k for k in want if want[k] != have[k]]
+        shown = {k: list(v[bad[0]]) if bad[0] in v else "absent" for k, v in (("file", have), ("config", want))}
+        raise ArtifactError(f"{path / 'model.safetensors'} does not fit the config: weight {bad[0]} is "
+                            f"{shown['file']} in the file, {shown['config']} in the config; {fix}")
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from prune._cli import MAX_SEED, ArgumentParser, parse_args, positive_int, run_command
+from prune._cli import MAX_SEED, ArgumentParser, parse_args, parse_int, run_command
 
 __all__ = ["main", "parse_seeds"]
 
@@ -37,6 +37,7 @@ __all__ = ["main", "parse_seeds"]
 DEFAULT_THREADS = 1
 
 
+MAX_THREADS = 1024  # as `prune run`: torch.set_num_threads overflows on huge numbers, and spawns what it is given
 _MAX_SEEDS = 10_000  # a range like 0-99999999999 would otherwise build its list before anything is refused
 
 
@@ -60,7 +61,7 @@ def parse_seeds(text: str) -> list[int]:
             ) from None
         if dash and int(last) < int(first):
             raise argparse.ArgumentTypeError(f"--seeds {text!r}: the range {part!r} is empty; write it low-high")
-        if len(seeds) + len(values) > _MAX_SEEDS:
+        if len(seeds) + (int(last) - int(first) + 1 if dash else 1) > _MAX_SEEDS:  # len(range) overflows past 2**63
             raise argparse.ArgumentTypeError(f"--seeds {text!r} asks for more than {_MAX_SEEDS} runs per program; "
                                              f"give fewer seeds")
         seeds.extend(values)
@@ -69,6 +70,10 @@ def parse_seeds(text: str) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"--seeds {text!r} lists a seed twice")
     return seeds
+
+
+def _threads(text: str) -> int:
+    return parse_int(text, "", minimum=1, maximum=MAX_THREADS)
 
 
 def _ablations(text: str) -> list[str]:
@@ -155,7 +160,7 @@ def _programs(specs):
 def _cases(programs, quiet):
     from groundtruth.case import build_case
 
-    for prog in tqdm(programs, desc="programs", disable=quiet, file=sys.stderr):
+    for prog in tqdm(programs, desc="programs", disable=quiet, file=sys.stderr, leave=False):
         yield prog, build_case(prog)
 
 
@@ -189,7 +194,7 @@ def cmd_check(args) -> int:
 def cmd_table(args) -> int:
     import json
 
-    from groundtruth.artifacts import load_all
+    from groundtruth.artifacts import ArtifactError, load_all
     from groundtruth.case import VARIANTS
     from groundtruth.registry import library
 
@@ -203,13 +208,26 @@ def cmd_table(args) -> int:
     for name in order:
         art = arts[name]
         cfg = art.model.cfg
+        # What the row shows and load_artifact does not need: refused, naming the file, if it is not there.
+        fix = f"rebuild with `groundtruth build {name}`"
+        missing = [v for v in VARIANTS if v not in art.circuits]
+        if missing:
+            raise ArtifactError(f"{art.path / 'circuits.json'} has no {missing[0]} circuit; {fix}")
+        if not isinstance(art.config.get("causal"), bool):
+            raise ArtifactError(f"{art.path / 'config.json'}: 'causal' is {art.config.get('causal')!r}, not true or "
+                                f"false; {fix}")
+        checks = json.loads((art.path / "circuits.json").read_text()).get("verification")
+        if not isinstance(checks, dict) or not checks or not all(
+                isinstance(v, dict) and isinstance(v.get("sufficient"), bool) and isinstance(v.get("inert"), list)
+                for v in checks.values()):
+            raise ArtifactError(f"{art.path / 'circuits.json'}: 'verification' is not one "
+                                f"{{'sufficient': true or false, 'inert': [edges]}} per ablation; {fix}")
         row = {"program": name, "out": art.examples.kind[:3], "causal": "yes" if art.config["causal"] else "no",
                "layers": cfg.n_layers, "heads": cfg.n_heads, "d_model": cfg.d_model,
                "edges": art.model.graph.n_edges, "inputs": len(art.examples)}
         for variant in VARIANTS:
             row[variant.replace("functional:", "f:")] = len(art.circuits[variant])
-        checks = json.loads((art.path / "circuits.json").read_text())["verification"].values()
-        row["verified"] = "yes" if all(v["sufficient"] and not v["inert"] for v in checks) else "NO"
+        row["verified"] = "yes" if all(v["sufficient"] and not v["inert"] for v in checks.values()) else "NO"
         rows.append(row)
     _print_table(rows)
     return 0
@@ -267,8 +285,9 @@ def cmd_recover(args) -> int:
     targets = _targets(args.specs)
     results, skipped, rows = [], [], []
     runs = [(t, a, s) for t in targets for a in ablations for s in seeds]
-    for (name, model, examples, circuits), ablation, seed in tqdm(runs, desc="recovery", disable=args.quiet,
-                                                                 file=sys.stderr):
+    # leave=False: the bar clears itself, so a refusal mid-run leaves only its one error line on stderr
+    bar = tqdm(runs, desc="recovery", disable=args.quiet, leave=False, file=sys.stderr)
+    for (name, model, examples, circuits), ablation, seed in bar:
         gt = circuits.get(f"functional:{ablation}")
         if gt is None:
             raise UsageError(f"{name} has no functional:{ablation} ground truth; it has {sorted(circuits)}")
@@ -341,7 +360,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--seeds", type=parse_seeds, default="0", help="0, 0,1,2, 0-9 or a mix")
         p.add_argument("--pruner", default=DEFAULT_PRUNER, help="module:callable (a prune.Pruner)")
         p.add_argument("--report", type=Path, default=Path("out/recovery.json") if name == "demo" else None)
-        p.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS, help="torch CPU threads")
+        p.add_argument("--threads", type=_threads, default=DEFAULT_THREADS,
+                       help=f"torch CPU threads, 1 to {MAX_THREADS}")
         p.add_argument("--quiet", action="store_true")
         p.set_defaults(func=cmd_recover, specs=[])
     p = sub.add_parser("compare", help="every method on the library: its own circuit and the finalized one")
@@ -351,7 +371,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for compare.md/.json/.png")
     p.add_argument("--plot", default=None, metavar="PROGRAM", help="also plot faithfulness vs edges for it")
     p.add_argument("--seed", type=parse_seeds, default="0", help="one seed")
-    p.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS, help="torch CPU threads")
+    p.add_argument("--threads", type=_threads, default=DEFAULT_THREADS, help=f"torch CPU threads, 1 to {MAX_THREADS}")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_compare)
     return parser

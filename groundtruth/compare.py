@@ -171,7 +171,7 @@ def compare(methods, ablation: str, *, programs=None, seed: int = 0, out_dir=DEF
 
     rows, skipped, plot_circuits = [], [], {}
     runs = [(n, m) for n in names for m in fns]
-    for name, method in tqdm(runs, desc="compare", disable=quiet, file=sys.stderr):
+    for name, method in tqdm(runs, desc="compare", disable=quiet, file=sys.stderr, leave=False):
         art = arts[name]
         gt = art.functional(ablation)
         if not gt:

@@ -41,7 +41,7 @@ def load_file(path: str | Path) -> dict[str, Program]:
     sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
-    except Exception as err:  # noqa: BLE001 (the user's file: a syntax error, a failed import, anything)
+    except (Exception, SystemExit) as err:  # noqa: BLE001 (the user's file: a syntax error, a failed import, an exit)
         where = f" (line {err.lineno})" if isinstance(err, SyntaxError) and err.lineno else ""
         raise ValueError(f"cannot load program file {path}: {type(err).__name__}: {err}{where}") from None
     finally:

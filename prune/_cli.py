@@ -33,6 +33,14 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
         sys.exit(2)
 
+    def _get_values(self, action, arg_strings):  # noqa: D102 (argparse's hook)
+        # Python 3.11 reads `--flag=--` as no value at all and hands the action [] without calling its
+        # type, so the command would run with a list where it expects a value: refuse it as argparse
+        # refuses a missing value.
+        if action.option_strings and action.nargs is None and arg_strings == ["--"]:
+            self.error(f"argument {'/'.join(action.option_strings)}: expected one argument")
+        return super()._get_values(action, arg_strings)
+
 
 def parse_int(text: str, flag: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
     """``text`` as a whole number in [minimum, maximum]; ``argparse.ArgumentTypeError`` naming ``flag`` else.

@@ -156,6 +156,9 @@ class Circuit:
     def load(cls, path: str | Path, *, graph: Graph | None = None, model: str | None = None) -> Circuit:
         """Read an EAP-IG JSON circuit; with ``graph``/``model``, refuse one made for another model."""
         path = Path(path)
+        if path.exists() and not path.is_file():  # a FIFO would block the read forever
+            raise CircuitFileError(f"{path} is not a regular file; give a circuit file written by Circuit.save or "
+                                   f"EAP-IG")
         d = read_json(path, CircuitFileError, fix="give a circuit file written by Circuit.save or EAP-IG")
         if not {"cfg", "nodes", "edges"} <= set(d):
             raise CircuitFileError(f"{path} is not an EAP-IG circuit (needs 'cfg', 'nodes' and 'edges')")
