@@ -45,6 +45,13 @@ class UsageError(Exception):
     """A bad argument or input: one line on stderr, exit status 2."""
 
 
+def _once(values: list, flag: str, what: str) -> list:
+    """``values`` if none repeats (a repeated run would be counted twice); else the argument is refused."""
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{flag} lists {what} twice")
+    return values
+
+
 def parse_seeds(text: str) -> list[int]:
     """``0``, ``0,1,2``, ``0-9`` or a mix such as ``0-3,7``; non-negative, each once, at least one."""
     seeds: list[int] = []
@@ -67,9 +74,7 @@ def parse_seeds(text: str) -> list[int]:
         seeds.extend(values)
     if any(not 0 <= s <= MAX_SEED for s in seeds):
         raise argparse.ArgumentTypeError(f"--seeds {text!r}: seeds must be whole numbers from 0 to {MAX_SEED}")
-    if len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"--seeds {text!r} lists a seed twice")
-    return seeds
+    return _once(seeds, f"--seeds {text!r}", "a seed")
 
 
 def _threads(text: str) -> int:
@@ -84,9 +89,7 @@ def _ablations(text: str) -> list[str]:
     if bad:
         raise argparse.ArgumentTypeError(f"--ablations {text!r}: unknown ablation {bad[0]!r}; "
                                          f"choose from {', '.join(ABLATIONS)}, comma-separated")
-    if len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"--ablations {text!r} lists an ablation twice")
-    return names
+    return _once(names, f"--ablations {text!r}", "an ablation")
 
 
 def _ablation(text: str) -> str:

@@ -46,6 +46,19 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def truth_pruner(model, examples, *, ablation, seed):
+    """A pruner that answers ``count``'s functional ground truth, read from its artifact (the cheapest pruner
+    that recovers it; on ``hist``, of the same shape, a wrong but valid circuit)."""
+    import json
+
+    from groundtruth.artifacts import DEFAULT_ROOT
+    from prune.circuit import Circuit
+
+    variants = json.loads((DEFAULT_ROOT / "count" / "circuits.json").read_text())["variants"]
+    return Circuit(graph=model.graph, edges=tuple(variants[f"functional:{ablation}"]), ablation=ablation,
+                   model="count", d_model=model.cfg.d_model)
+
+
 @functools.cache
 def library_case(name: str):
     """The built :class:`groundtruth.case.Case` of a library program (cached)."""

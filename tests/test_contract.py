@@ -29,7 +29,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import artifact
+from conftest import artifact, truth_pruner
 from groundtruth.artifacts import DEFAULT_ROOT, ArtifactError, load_artifact
 from groundtruth.cli import main as gt_main
 from groundtruth.recovery import recover
@@ -44,13 +44,6 @@ ARTIFACT_FILES = ("model.safetensors", "examples.safetensors", "config.json", "c
 ME = __name__
 CALLS: list[tuple[str, int]] = []  # (ablation, seed) of every call of counting_pruner
 NOT_CALLABLE = 3
-
-
-def truth_pruner(model, examples, *, ablation, seed):
-    """``count``'s ground truth, read from its artifact (the cheapest pruner that recovers it)."""
-    variants = json.loads((DEFAULT_ROOT / "count" / "circuits.json").read_text())["variants"]
-    return Circuit(graph=model.graph, edges=tuple(variants[f"functional:{ablation}"]), ablation=ablation,
-                   model="count", d_model=model.cfg.d_model)
 
 
 def counting_pruner(model, examples, *, ablation, seed):
@@ -254,13 +247,17 @@ def test_9_bench_step_on_a_missing_cuda_device_is_refused(tmp_path):
 
 
 # ----------------------------------------------------------------- case 10
+def _mask_with(value: float) -> torch.Tensor:
+    mask = torch.ones(artifact("count").model.graph.n_edges)
+    mask[1] = value
+    return mask
+
+
 @pytest.mark.parametrize("value", [2.0, -1.0, float("nan")])
 def test_10_forward_refuses_edge_mask_values_outside_0_1(value):
     art = artifact("count")
-    mask = torch.ones(art.model.graph.n_edges)
-    mask[1] = value
     with pytest.raises(ValueError, match=r"edge_mask values must be in \[0, 1\]"):
-        art.model(art.examples.clean[:4], attention_mask=art.examples.valid[:4], edge_mask=mask)
+        art.model(art.examples.clean[:4], attention_mask=art.examples.valid[:4], edge_mask=_mask_with(value))
 
 
 @pytest.mark.parametrize("value", [2.0, -1.0, float("nan")])
@@ -268,10 +265,8 @@ def test_10_evaluator_refuses_edge_mask_values_outside_0_1(value):
     from prune.evaluate import Evaluator
 
     art = artifact("count")
-    mask = torch.ones(art.model.graph.n_edges)
-    mask[1] = value
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
-        Evaluator(art.model, art.examples, "zero").agreement(mask)
+        Evaluator(art.model, art.examples, "zero").agreement(_mask_with(value))
 
 
 def test_10_numerical_examples_of_a_categorical_model_are_refused():
@@ -297,7 +292,6 @@ def test_10_a_circuit_file_listing_only_some_edges_is_refused(tmp_path):
         Circuit.load(path)
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="the shared interop fixtures are not beside the repository")
 @pytest.mark.parametrize("name, match", [("eap_parallel.json", "parallel"), ("eap_neuron_level.json", "neuron")])
 def test_10_circuit_files_of_other_graph_kinds_are_refused(name, match):
     with pytest.raises(CircuitFileError, match=match):
@@ -498,9 +492,8 @@ def test_12_a_pruner_in_the_working_directory_is_found(tmp_path, monkeypatch, ca
 
 def test_12_the_console_script_finds_a_pruner_in_the_working_directory(tmp_path):
     (tmp_path / "contract_script_pruner.py").write_text(MY_PRUNER)
-    script = Path(sys.executable).parent / "groundtruth"
-    if not script.exists():
-        pytest.skip(f"no console script at {script} (the package is not installed in this environment)")
+    script = Path(sys.executable).parent / "groundtruth"  # `make` installs it beside the interpreter
+    assert script.exists(), f"no console script at {script}: install the package (make test does)"
     done = subprocess.run([str(script), "recover", "count", "--ablations", "zero", "--pruner",
                            "contract_script_pruner:fn", "--quiet"],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)

@@ -51,9 +51,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
+from conftest import truth_pruner
 from groundtruth.artifacts import DEFAULT_ROOT
 from groundtruth.cli import main as gt_main
-from prune.circuit import Circuit
 from prune.cli import main as prune_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,13 +78,6 @@ def deep(name: str):
 
 
 # ------------------------------------------------------------ test pruners
-def truth_pruner(model, examples, *, ablation, seed):
-    """``count``'s ground truth (on ``hist``, of the same shape, a wrong but valid circuit)."""
-    variants = json.loads((DEFAULT_ROOT / "count" / "circuits.json").read_text())["variants"]
-    return Circuit(graph=model.graph, edges=tuple(variants[f"functional:{ablation}"]), ablation=ablation,
-                   model="count", d_model=model.cfg.d_model)
-
-
 def raising_pruner(model, examples, *, ablation, seed):
     raise ValueError("the pruner's own error")
 
@@ -407,30 +400,19 @@ def _fuzz_prune(inputs, argv):
         assert code != 0 or any(a in ("-h", "--help") or a.startswith("--h") for a in argv), argv
 
 
-@fast("groundtruth")
-@given(argv=GROUNDTRUTH_ARGV)
-def test_fuzz_groundtruth_arguments(inputs, argv):
-    _fuzz_groundtruth(inputs, argv)
+# Each fuzz test runs under the fast profile in `make test` and the deep one (random, many more examples)
+# behind the slow marker, in `make test-slow`.
+PROFILES = [pytest.param(fast, id="fast"), pytest.param(deep, id="deep", marks=pytest.mark.slow)]
 
 
-@fast("prune")
-@given(argv=prune_argv())
-def test_fuzz_prune_run_arguments(inputs, argv):
-    _fuzz_prune(inputs, argv)
+@pytest.mark.parametrize("profile", PROFILES)
+def test_fuzz_groundtruth_arguments(inputs, profile):
+    given(argv=GROUNDTRUTH_ARGV)(profile("groundtruth")(lambda argv: _fuzz_groundtruth(inputs, argv)))()
 
 
-@pytest.mark.slow
-@deep("groundtruth")
-@given(argv=GROUNDTRUTH_ARGV)
-def test_fuzz_groundtruth_arguments_deep(inputs, argv):
-    _fuzz_groundtruth(inputs, argv)
-
-
-@pytest.mark.slow
-@deep("prune")
-@given(argv=prune_argv())
-def test_fuzz_prune_run_arguments_deep(inputs, argv):
-    _fuzz_prune(inputs, argv)
+@pytest.mark.parametrize("profile", PROFILES)
+def test_fuzz_prune_run_arguments(inputs, profile):
+    given(argv=prune_argv())(profile("prune")(lambda argv: _fuzz_prune(inputs, argv)))()
 
 
 # ------------------------------------------------------- artifact corruption
@@ -604,17 +586,9 @@ def _fuzz_artifact(pristine: Path, data) -> None:
             assert "| count " in out
 
 
-@fast("artifact")
-@given(data=st.data())
-def test_fuzz_artifact_corruption(pristine, data):
-    _fuzz_artifact(pristine, data)
-
-
-@pytest.mark.slow
-@deep("artifact")
-@given(data=st.data())
-def test_fuzz_artifact_corruption_deep(pristine, data):
-    _fuzz_artifact(pristine, data)
+@pytest.mark.parametrize("profile", PROFILES)
+def test_fuzz_artifact_corruption(pristine, profile):
+    given(data=st.data())(profile("artifact")(lambda data: _fuzz_artifact(pristine, data)))()
 
 
 # ------------------------------------------------------ minimised findings
