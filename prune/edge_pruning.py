@@ -79,15 +79,15 @@ mostly zero; the defaults make the score-function signal usable.
   ``lambda_lr=1e-4`` (the rates above, ``decay`` included, were tuned there):
   the same total movement of the gates and the multipliers in half the steps,
   and half the time. Exact recovery held on every program and seed measured
-  (bench/results/library-*.md), but the thresholded circuit of the largest programs is exact less
-  often, so the exact finalizer repairs more; ``steps=300, lr=0.1,
-  lambda_lr=1e-4`` is the longer run.
+  (bench/results/library-*.md), but the thresholded circuit of the largest
+  programs is exact less often, so the exact finalizer repairs more;
+  ``steps=300, lr=0.1, lambda_lr=1e-4`` is the longer run.
 - ``finalize="exact"`` (reference: a fixed threshold for Tracr, or a threshold
   bisected to hit the target sparsity for language models). A Tracr program's
   functional ground truth is defined by exact reproduction of the decoded
   outputs, and the shared exact finalizer (:mod:`prune.finalize`) holds the
-  learned circuit to that same criterion on the training set: while the circuit does not reproduce every
-  output, the shortest prefix of the learned ranking (decreasing log-alpha)
+  learned circuit to that same criterion on the training set: while the
+  circuit does not reproduce every output, the shortest prefix of the learned ranking (decreasing log-alpha)
   that repairs it is found by bisection and its last edge, one the circuit
   needs, is added; then every kept edge whose removal keeps every output is
   dropped, lowest log-alpha first, until none is left. The
@@ -98,8 +98,8 @@ mostly zero; the defaults make the score-function signal usable.
   averaging heads end below the threshold) the repair finds them. How often
   the thresholded circuit alone is exact is reported next to every recovery
   (``own exact`` in ``groundtruth recover``). Use ``finalize="own"`` for
-  Edge Pruning's circuit alone, and for language
-  models, whose circuits at a target sparsity do not reproduce every output
+  Edge Pruning's circuit alone, and for language models, whose circuits at
+  a target sparsity do not reproduce every output
   (:func:`language_model_config`).
 """
 
@@ -172,8 +172,8 @@ def language_model_config(target_sparsity: float, **overrides) -> EdgePruningCon
 
     A language model's circuit at a given sparsity is an approximation, not an
     exact reproduction, so there is no exact finalizer (``finalize="own"``:
-    the thresholded circuit), and the step is the reference implementation's: one gate
-    sample per step shared by the batch, pathwise gradients only and a loss of
+    the thresholded circuit), and the step is the reference implementation's:
+    one gate sample per step shared by the batch, pathwise gradients only and a loss of
     plain KL. The reference's learning rates (0.8) assume its AdamW decay and
     gradient clipping; ours is plain Adam at the rates below, without the
     decoupled pull of the Tracr defaults (``decay=0``: the Lagrangian alone sets
