@@ -9,6 +9,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+from groundtruth.recovery import DEFAULT_PRUNER
+
 # The models under test are tiny: one thread is as fast and never contends.
 torch.set_num_threads(1)
 
@@ -77,9 +79,9 @@ def library_names() -> list[str]:
 def pytest_addoption(parser):
     parser.addoption(
         "--pruner",
-        default="prune.edge_pruning:edge_pruning",
-        help="module:callable run by the recovery tests instead of Edge Pruning; it must accept "
-        "(model, examples, *, ablation, seed) and return a prune.circuit.Circuit",
+        default=DEFAULT_PRUNER,
+        help="module:callable run by the recovery tests instead of Edge Pruning: a prune.Pruner "
+        "(see prune/pruner.py); groundtruth.recovery.load_pruner checks its signature",
     )
 
 
