@@ -180,9 +180,10 @@ def compare(methods, ablation: str, *, programs=None, seed: int = 0, out_dir=DEF
             continue
         found: dict = {}
         own = functools.partial(_own_circuit, fns[method], found)
-        result = recover(name, art.model, art.examples, gt, ablation=ablation, seed=seed, pruner=own)
+        evaluator = Evaluator(art.model, art.examples, ablation)  # one per row: recover's check and the finalizer
+        result = recover(name, art.model, art.examples, gt, ablation=ablation, seed=seed, pruner=own,
+                         evaluator=evaluator)
         circuit = found["circuit"]
-        evaluator = Evaluator(art.model, art.examples, ablation)
         final = finalize(circuit, evaluator, ranking(circuit))
         final_cmp = final.compare(gt)
         final_exact = final_cmp.exact and bool(evaluator.agreement(final.mask()).all())

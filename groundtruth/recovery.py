@@ -101,11 +101,12 @@ class PrunerError(RuntimeError):
 
 
 def recover(name: str, model, examples, ground_truth, *, ablation: str, seed: int = 0,
-            pruner: Pruner | None = None) -> Recovery:
+            pruner: Pruner | None = None, evaluator: Evaluator | None = None) -> Recovery:
     """Run ``pruner`` on one program and compare with its ground truth.
 
     A pruner that raises (or calls ``sys.exit``) or returns something other than
-    a circuit of ``model`` under ``ablation`` raises :class:`PrunerError`.
+    a circuit of ``model`` under ``ablation`` raises :class:`PrunerError`. ``evaluator``: one already
+    built for (model, examples, ablation), to check the circuit's outputs with (built here when not given).
     """
     pruner = pruner or load_pruner(DEFAULT_PRUNER)
     start = time.perf_counter()
@@ -120,7 +121,8 @@ def recover(name: str, model, examples, ground_truth, *, ablation: str, seed: in
     except (TypeError, ValueError) as err:
         raise PrunerError(f"{err} (on {name})") from None
     cmp = circuit.compare(ground_truth)
-    reproduces = Evaluator(model, examples, ablation).agreement(circuit.mask()).float().mean().item()
+    evaluator = evaluator or Evaluator(model, examples, ablation)
+    reproduces = evaluator.agreement(circuit.mask()).float().mean().item()
     own = (circuit.metadata or {}).get("own_edges", circuit.edges)
     return Recovery(
         program=name, ablation=ablation, seed=seed, ground_truth=tuple(ground_truth), found=circuit.edges,
