@@ -196,7 +196,9 @@ class _Residual:
     """The masked residual stream: the writers written so far, read by each reader through the mask.
 
     ``write(first, out)`` adds writers ``first : first + n`` (``out`` ``[n, B, S, D]``,
-    node masks applied here); ``read(readers)`` gives the readers' inputs
+    node masks applied here); ``add_fixed(t)`` adds to the stream a part that no
+    mask ablates (EAP-IG's conventions: the position embedding, ``b_O``; broadcast
+    to ``[B, S, D]``), which every later read takes whole; ``read(readers)`` gives the readers' inputs
     ``[R, B, S, D]`` over the writers written so far, sparsely (``_read_shared``,
     ``sparse``: one mask ``z`` ``[W, R]`` for the batch, no gradients) or densely
     (``_ReadWriters``). Writers must be written in graph order, and each read
@@ -218,6 +220,11 @@ class _Residual:
         self.grads = _Grads(stack, z)
         self.pending: list[torch.Tensor] = []  # writers' autograd tensors not yet read
         self.written = 0  # writers in the stack so far
+        self.fixed: torch.Tensor | None = None  # the never-ablated part so far (autograd tracks it)
+
+    def add_fixed(self, part: torch.Tensor | None) -> None:
+        if part is not None:
+            self.fixed = part if self.fixed is None else self.fixed + part
 
     def write(self, first: int, out: torch.Tensor) -> None:  # out [n, B, S, D]
         n = out.shape[0]
@@ -243,9 +250,12 @@ class _Residual:
         stack, written = self.stack, self.written
         base = None if self.ablated_sum is None else self.ablated_sum.to(stack.dtype)  # a copy when it converts
         if self.sparse:
-            return _read_shared(self.z, readers, stack, self.ablated, base, written)
-        first = written - sum(b.shape[0] for b in new)
-        return _ReadWriters.apply(self.z, readers.start, readers.stop, stack, base, written, self.grads, first, *new)
+            out = _read_shared(self.z, readers, stack, self.ablated, base, written)
+        else:
+            first = written - sum(b.shape[0] for b in new)
+            out = _ReadWriters.apply(self.z, readers.start, readers.stop, stack, base, written, self.grads, first, *new)
+        # Outside the kernels, so that autograd takes the fixed part's gradient (to W_pos and b_O) itself.
+        return out if self.fixed is None else out + self.fixed
 
     def writers(self) -> torch.Tensor:  # [W, B, S, D], the writers' own outputs (once all are written)
         return self.stack + self.ablated if self.delta else self.stack

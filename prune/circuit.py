@@ -2,8 +2,10 @@
 
 Saved as EAP-IG JSON (``Graph.from_json`` reads it: the same node and edge names,
 every edge with ``score`` and ``in_graph``, every node with ``in_graph``), plus
-our own top-level keys (``model``, ``ablation``, ``method``, ``metadata``), which
-EAP-IG ignores.
+our own top-level keys (``model``, ``ablation``, ``method``, ``metadata`` and
+``conventions``, the writer conventions it was found under), which EAP-IG ignores.
+A file without ``conventions`` was found under EAP-IG's if it has none of our
+keys (EAP-IG's own ``to_json``), else under ours (written before the key was).
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ import torch
 
 from prune.ablation import ABLATIONS
 from prune.files import atomic_write_json, read_json
-from prune.graph import Graph
+from prune.graph import CONVENTIONS, Graph
 
 __all__ = ["Circuit", "Comparison", "CircuitFileError"]
 
 
 class CircuitFileError(ValueError):
     """A circuit file that cannot be read, or belongs to another model."""
+
+
+_OUR_KEYS = {"model", "ablation", "method", "metadata"}  # top-level keys EAP-IG's to_json does not write
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +55,7 @@ class Circuit:
     """Edges (graph order) of a model's graph, found under one ablation.
 
     Attributes:
-      graph: the model's graph (layers x heads).
+      graph: the model's graph (layers x heads, and the writer conventions the circuit was found under).
       edges: edge names in graph order.
       ablation: what stands in for pruned edges (``zero``, ``mean``, ``resample``).
       model: which model the circuit belongs to (an artifact name or a checkpoint).
@@ -113,6 +118,13 @@ class Circuit:
                 return dataclasses.replace(self, edges=tuple(e for e in g.edge_names if e in keep))
             keep -= dead
 
+    def connected(self) -> Circuit:
+        """EAP-IG's ``Graph.prune``: repeatedly drop heads and MLPs without an incoming or an outgoing
+        edge, with their edges (:meth:`prune.graph.Graph.connected`). Under EAP-IG's conventions this
+        is the circuit an evaluation evaluates."""
+        keep = self.graph.connected(self.mask())
+        return dataclasses.replace(self, edges=tuple(self.graph.names_of(keep)))
+
     # ---------------------------------------------------------- comparison
     def compare(self, reference) -> Comparison:
         """Precision and recall of this circuit's edges against ``reference`` (a Circuit or names)."""
@@ -146,6 +158,7 @@ class Circuit:
             "ablation": self.ablation,
             "method": self.method,
             "metadata": self.metadata,
+            "conventions": g.conventions,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -153,8 +166,12 @@ class Circuit:
         return atomic_write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | Path, *, graph: Graph | None = None, model: str | None = None) -> Circuit:
-        """Read an EAP-IG JSON circuit; with ``graph``/``model``, refuse one made for another model."""
+    def load(cls, path: str | Path, *, graph: Graph | None = None, model: str | None = None,
+             conventions: str | None = None) -> Circuit:
+        """Read an EAP-IG JSON circuit; with ``graph``/``model``, refuse one made for another model,
+        or found under other writer conventions than ``graph``'s. ``conventions`` reads the file as
+        found under those, whatever it records (to evaluate a circuit under conventions it was
+        not found under, knowingly)."""
         path = Path(path)
         if path.exists() and not path.is_file():  # a FIFO would block the read forever
             raise CircuitFileError(f"{path} is not a regular file; give a circuit file written by Circuit.save or "
@@ -172,15 +189,28 @@ class Circuit:
         if any(isinstance(v, dict) and v.get("neurons") is not None for v in nodes.values()):
             raise CircuitFileError(f"{path} is a neuron-level circuit; this project's graph has edges between "
                                    f"heads and MLPs only")
+        recorded = d.get("conventions", "ours" if set(d) & _OUR_KEYS else "eap-ig")
+        if recorded not in CONVENTIONS:
+            raise CircuitFileError(f"{path} records unknown writer conventions {recorded!r}; "
+                                   f"known are {CONVENTIONS}")
+        if conventions is not None and conventions not in CONVENTIONS:
+            raise ValueError(f"unknown writer conventions {conventions!r}; choose one of {CONVENTIONS}")
         try:
-            file_graph = Graph(n_layers=cfg["n_layers"], n_heads=cfg["n_heads"])
+            file_graph = Graph(n_layers=cfg["n_layers"], n_heads=cfg["n_heads"], conventions=conventions or recorded)
         except (TypeError, ValueError) as err:
             raise CircuitFileError(f"{path}: bad 'cfg': {err}") from None
-        if graph is not None and file_graph != graph:
+        if graph is not None and (file_graph.n_layers, file_graph.n_heads) != (graph.n_layers, graph.n_heads):
             raise CircuitFileError(
                 f"{path} is a circuit for a {file_graph.n_layers}-layer, {file_graph.n_heads}-head model, "
                 f"not this {graph.n_layers}-layer, {graph.n_heads}-head one"
             )
+        if graph is not None and file_graph.conventions != graph.conventions:
+            raise CircuitFileError(
+                f"{path} was found under {file_graph.conventions!r} writer conventions, and this model is under "
+                f"{graph.conventions!r} ones, where the same edges compute something else; evaluate it on "
+                f"model.with_conventions({file_graph.conventions!r}), or load it with "
+                f"conventions={graph.conventions!r} to read it as {graph.conventions!r} knowingly "
+                f"(docs/conventions.md)")
         if model is not None and d.get("model") not in (None, model):
             raise CircuitFileError(f"{path} is a circuit for model {d.get('model')!r}, not {model!r}")
         if not isinstance(d["edges"], dict) or set(d["edges"]) != set(file_graph.edge_names):

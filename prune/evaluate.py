@@ -17,6 +17,10 @@ of the full model's decoded label (categorical) or the output value
 (numerical), summed over the answer positions. KL cannot serve: it is 0 at the
 full model and so is its gradient.
 
+Under EAP-IG's conventions (the model's graph says which) a circuit is evaluated
+as EAP-IG's ``evaluate_graph`` does: after its ``Graph.prune`` (heads and MLPs
+without an incoming or an outgoing edge lose their edges; :meth:`prune.graph.Graph.connected`).
+
 Every computation keeps the model's dtype (half types are computed in float32).
 
 Refused, rather than answered vacuously: examples with no answer position (every
@@ -160,7 +164,10 @@ class Evaluator:
                index: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[N, S, out]`` of the circuit: every edge outside it (mask 0) ablated."""
         model = self.model
-        dense = model.graph.dense(self._check_mask(edge_mask))
+        mask = self._check_mask(edge_mask)
+        if model.graph.conventions == "eap-ig":
+            mask = mask * model.graph.connected(mask)
+        dense = model.graph.dense(mask)
         ex = self.examples if index is None else self.examples.subset(index)
         ablated = self._ablated_part(index)
         outs = []

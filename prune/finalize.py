@@ -130,4 +130,6 @@ def finalize(circuit: Circuit, evaluator: Evaluator, ranking: torch.Tensor) -> C
     info["seconds"] = round(time.perf_counter() - start, 3)
     metadata = {**circuit.metadata, "own_edges": list(circuit.edges), "finalize": info}
     edges = tuple(circuit.graph.names_of(mask))
-    return dataclasses.replace(circuit, edges=edges, metadata=metadata).without_dead_ends()
+    found = dataclasses.replace(circuit, edges=edges, metadata=metadata).without_dead_ends()
+    # Under EAP-IG's conventions the evaluator evaluates a circuit after EAP-IG's prune: say so in the edges.
+    return found.connected() if circuit.graph.conventions == "eap-ig" else found

@@ -18,6 +18,17 @@ EAP-IG and MIB. GPT-2 small (12 layers, 12 heads) has 158 nodes and 32,491 edges
 Grouped-query attention is counted *ungrouped*: every query head has its own
 key and value readers (EAP-IG's ``ungroup_grouped_query_attention``), so the graph
 depends only on the number of layers and of query heads.
+
+A graph also names its writer conventions (:data:`CONVENTIONS`, docs/conventions.md):
+what a writer's output is and which circuit is evaluated. ``"ours"``: a head
+carries ``b_O / n_heads``, ``input`` is the token plus position embedding, and a
+circuit is evaluated as it stands (edges into nodes that reach nothing, which
+change nothing, are dropped by :meth:`prune.circuit.Circuit.without_dead_ends`).
+``"eap-ig"`` (EAP-IG and MIB): heads exclude ``b_O``, ``input`` is the token
+embedding, the position embedding and ``b_O`` are never ablated, and a circuit
+is evaluated after EAP-IG's ``Graph.prune`` (:meth:`Graph.connected`). Two
+graphs of one shape under different conventions are different graphs: their
+circuits do not compare.
 """
 
 from __future__ import annotations
@@ -28,7 +39,16 @@ import re
 
 import torch
 
-__all__ = ["Graph"]
+__all__ = ["CONVENTIONS", "Graph", "check_conventions"]
+
+CONVENTIONS: tuple[str, ...] = ("ours", "eap-ig")
+
+
+def check_conventions(conventions: str) -> str:
+    if conventions not in CONVENTIONS:
+        raise ValueError(f"unknown writer conventions {conventions!r}; choose one of {CONVENTIONS} "
+                         f"(docs/conventions.md)")
+    return conventions
 
 _HEAD_RE = re.compile(r"^a(\d+)\.h(\d+)$")
 _MLP_RE = re.compile(r"^m(\d+)$")
@@ -36,16 +56,18 @@ _MLP_RE = re.compile(r"^m(\d+)$")
 
 @dataclasses.dataclass(frozen=True)
 class Graph:
-    """Writers, readers and edges of an ``n_layers`` x ``n_heads`` transformer."""
+    """Writers, readers and edges of an ``n_layers`` x ``n_heads`` transformer, under ``conventions``."""
 
     n_layers: int
     n_heads: int
+    conventions: str = "ours"
 
     def __post_init__(self):
         for field in ("n_layers", "n_heads"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"Graph.{field} must be a positive int, got {value!r}")
+        check_conventions(self.conventions)
 
     # ----------------------------------------------------------------- writers
     @property
@@ -197,6 +219,43 @@ class Graph:
     def _flat_edge_index(self) -> torch.Tensor:
         idx = self.edge_index_tensor
         return idx[0] * self.n_readers + idx[1]
+
+    def connected(self, present: torch.Tensor) -> torch.Tensor:
+        """EAP-IG's ``Graph.prune`` on a ``[n_edges]`` mask: the edges (bool ``[n_edges]``) left after
+        repeatedly dropping every head and MLP without an incoming or an outgoing edge, with its edges.
+
+        ``input`` always counts as having incoming edges and ``logits`` as present, as in EAP-IG
+        (its commit 795f560). A non-zero entry of ``present`` is an edge in the circuit.
+        """
+        if present.shape != (self.n_edges,):
+            raise ValueError(f"expected shape ({self.n_edges},), got {tuple(present.shape)}")
+        dev = present.device
+        writer, reader = self.edge_index_tensor.to(dev)
+        owner = self._writer_of_reader.to(dev)  # [R]: whose input each reader is; n_writers for logits
+        keep = present.ne(0)
+        while True:
+            has_out = torch.zeros(self.n_writers + 1, dtype=torch.bool, device=dev)
+            has_out[writer[keep]] = True
+            has_in = torch.zeros(self.n_writers + 1, dtype=torch.bool, device=dev)
+            has_in[owner[reader[keep]]] = True
+            has_in[0] = True  # input
+            node = has_out & has_in
+            node[self.n_writers] = True  # logits
+            new = keep & node[writer] & node[owner[reader]]
+            if torch.equal(new, keep):
+                return keep
+            keep = new
+
+    @functools.cached_property
+    def _writer_of_reader(self) -> torch.Tensor:
+        """``[n_readers]`` long: the writer whose input each reader is (``n_writers`` for ``logits``)."""
+        out = torch.full((self.n_readers,), self.n_writers, dtype=torch.long)
+        for layer in range(self.n_layers):
+            for h in range(self.n_heads):
+                for port in "qkv":
+                    out[self.head_reader(layer, h, port)] = self.head_writer(layer, h)
+            out[self.mlp_reader(layer)] = self.mlp_writer(layer)
+        return out
 
     def edge_mask(self, names) -> torch.Tensor:
         """A ``[n_edges]`` float mask with 1 on the named edges."""

@@ -12,9 +12,15 @@ when an edge is pruned (see :mod:`prune.ablation`). Optional node masks act on
 writers: a writer with node mask ``n_w`` writes ``n_w * clean_w + (1 - n_w) *
 ablated_w`` to all its readers.
 
-Every writer's output is exact: a head's share of the attention output bias is
-``b_O / n_heads`` and the MLP owns its output bias, so the writers sum to the
-residual stream and plain and masked (all masks 1) runs agree.
+What a writer's output is follows the graph's conventions (:mod:`prune.graph`,
+docs/conventions.md). Under ``"ours"`` every writer's output is exact: a head's
+share of the attention output bias is ``b_O / n_heads``, ``input`` is the token
+plus position embedding and the MLP owns its output bias, so the writers sum to
+the residual stream. Under ``"eap-ig"`` (EAP-IG, MIB) heads exclude ``b_O`` and
+``input`` is the token embedding; the position embedding and each layer's ``b_O``
+are a fixed part of the stream that every later reader takes and no mask
+ablates. Either way plain and masked (all masks 1) runs agree;
+:meth:`Transformer.with_conventions` gives the same model under the other.
 
 Each :class:`Block` holds a layer's weights (TransformerLens names and shapes)
 and computes its attention and MLP; the model reads their inputs and writes
@@ -27,6 +33,7 @@ E d_head, F d_mlp, W writers, R readers.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Literal
 
@@ -35,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prune._masked_read import _Residual, _RMSNorm
-from prune.graph import Graph
+from prune.graph import Graph, check_conventions
 
 __all__ = ["TransformerConfig", "Transformer"]
 
@@ -167,8 +174,9 @@ class Block(nn.Module):
         self.b_in = nn.Parameter(torch.zeros(Fh)) if cfg.mlp_bias else None
         self.b_out = nn.Parameter(torch.zeros(D)) if cfg.mlp_bias else None
 
-    def attention(self, xq, xk, xv, attention_mask, rotary, heads=None):
-        """Per-head outputs ``[H, B, S, D]`` (bias share included).
+    def attention(self, xq, xk, xv, attention_mask, rotary, heads=None, bias_share=True):
+        """Per-head outputs ``[H, B, S, D]``, with each head's share ``b_O / H`` of the output bias
+        unless ``bias_share`` is False (EAP-IG's conventions, where the model adds ``b_O`` itself).
 
         ``xq``/``xk``/``xv`` are normed inputs, either shared ``[B, S, D]`` (plain)
         or one per query head ``[H, B, S, D]`` (masked, ungrouped key/value).
@@ -222,7 +230,7 @@ class Block(nn.Module):
         z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, n, S, E]
         Bz, _, Sz, E = z.shape
         out = torch.matmul(z.transpose(0, 1).reshape(n, Bz * Sz, E), W_O).view(n, Bz, Sz, -1)  # [n, B, S, D]
-        if self.b_O is not None:
+        if self.b_O is not None and bias_share:
             out = out + self.b_O / H
         return out
 
@@ -237,12 +245,15 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Decoder-only transformer; ``forward`` runs plain or masked (see module doc)."""
+    """Decoder-only transformer; ``forward`` runs plain or masked (see module doc).
 
-    def __init__(self, cfg: TransformerConfig):
+    ``conventions``: what its graph's writers are (:data:`prune.graph.CONVENTIONS`).
+    """
+
+    def __init__(self, cfg: TransformerConfig, *, conventions: str = "ours"):
         super().__init__()
         self.cfg = cfg
-        self.graph = Graph(n_layers=cfg.n_layers, n_heads=cfg.n_heads)
+        self.graph = Graph(n_layers=cfg.n_layers, n_heads=cfg.n_heads, conventions=conventions)
         self.W_E = nn.Parameter(torch.zeros(cfg.vocab_size, cfg.d_model))
         self.W_pos = (
             nn.Parameter(torch.zeros(cfg.n_positions, cfg.d_model))
@@ -253,6 +264,18 @@ class Transformer(nn.Module):
         self.ln_f = _Norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.W_U = nn.Parameter(torch.zeros(cfg.d_model, cfg.out_size))
         self.b_U = nn.Parameter(torch.zeros(cfg.out_size)) if cfg.unembed_bias else None
+
+    @property
+    def conventions(self) -> str:
+        return self.graph.conventions
+
+    def with_conventions(self, conventions: str) -> Transformer:
+        """This model under other writer conventions: the same parameters (shared, not copied),
+        another graph. Circuits, ablated writers and evaluators follow the model they are given."""
+        check_conventions(conventions)
+        other = copy.copy(self)  # a new Module whose parameter and submodule dicts are this one's
+        other.graph = Graph(n_layers=self.cfg.n_layers, n_heads=self.cfg.n_heads, conventions=conventions)
+        return other
 
     # ------------------------------------------------------------ components
     def _check_tokens(self, tokens: torch.Tensor):
@@ -274,6 +297,19 @@ class Transformer(nn.Module):
         if self.W_pos is not None:
             x = x + self.W_pos[: tokens.shape[1]]
         return x
+
+    @property
+    def _eap_ig(self) -> bool:
+        return self.graph.conventions == "eap-ig"
+
+    def _input_writer(self, tokens: torch.Tensor) -> torch.Tensor:  # [B, S] -> [B, S, D]: the `input` writer
+        return self.W_E[tokens] if self._eap_ig else self.embed(tokens)
+
+    def _fixed_input(self, S: int) -> torch.Tensor | None:  # [S, D]: what no mask ablates at the start
+        return self.W_pos[:S] if self._eap_ig and self.W_pos is not None else None
+
+    def _fixed_attention(self, block: Block) -> torch.Tensor | None:  # [D]: what no mask ablates after a layer
+        return block.b_O if self._eap_ig else None
 
     def _rotary(self, S: int, device, dtype):
         E = self.cfg.d_head
@@ -334,11 +370,13 @@ class Transformer(nn.Module):
         stack = None
         if return_writers:
             stack = x.new_empty(g.n_writers, *x.shape)  # detached copies
-            stack[0] = x.detach()
+            stack[0] = self._input_writer(tokens).detach()
         for l, block in enumerate(self.blocks):
             xa = block.ln1(x)  # every head reads the same stream
-            heads = block.attention(xa, xa, xa, attention_mask, rotary)  # [H, B, S, D]
+            heads = block.attention(xa, xa, xa, attention_mask, rotary, bias_share=not self._eap_ig)  # [H, B, S, D]
             x = x + heads.sum(0)
+            if (fixed := self._fixed_attention(block)) is not None:
+                x = x + fixed
             mlp = block.mlp(block.ln2(x))  # [B, S, D]
             x = x + mlp
             if stack is not None:
@@ -412,21 +450,25 @@ class Transformer(nn.Module):
         live = self._live_writers(z) if sparse and not return_writers else [True] * g.n_writers  # [W]
         resid = _Residual(z, node_mask, ablated, self.W_E.new_empty(g.n_writers, B, S, cfg.d_model), sparse)
 
-        resid.write(0, self.embed(tokens).unsqueeze(0))
+        resid.write(0, self._input_writer(tokens).unsqueeze(0))
+        resid.add_fixed(self._fixed_input(S))
+        share = not self._eap_ig
         for l, block in enumerate(self.blocks):
             r0, w0 = g.head_reader(l, 0, "q"), g.head_writer(l, 0)  # readers: H queries, H keys, H values
             run = [h for h in range(H) if live[w0 + h]]
             if len(run) == H:
-                xq, xk, xv = block.ln1(resid.read(slice(r0, r0 + 3 * H))).split(H)  # each [H, B, S, D]; split, not
-                heads = block.attention(xq, xk, xv, attention_mask, rotary)  # slices: backward is one cat
+                # each [H, B, S, D]; split, not slices: backward is one cat
+                xq, xk, xv = block.ln1(resid.read(slice(r0, r0 + 3 * H))).split(H)
+                heads = block.attention(xq, xk, xv, attention_mask, rotary, bias_share=share)
             else:  # (sparse only) the live heads' query, key and value readers; the others write zeros
                 heads = self.W_E.new_zeros(H, B, S, cfg.d_model)
                 if run:
                     idx = torch.tensor(run, device=self.W_E.device)
                     x = resid.read(torch.cat([r0 + idx, r0 + H + idx, r0 + 2 * H + idx]))
                     xq, xk, xv = block.ln1(x).split(len(run))
-                    heads[idx] = block.attention(xq, xk, xv, attention_mask, rotary, heads=idx)
+                    heads[idx] = block.attention(xq, xk, xv, attention_mask, rotary, heads=idx, bias_share=share)
             resid.write(w0, heads)
+            resid.add_fixed(self._fixed_attention(block))
             rm, wm = g.mlp_reader(l), g.mlp_writer(l)
             if live[wm]:
                 xm = block.ln2(resid.read(slice(rm, rm + 1)).squeeze(0))  # [B, S, D]
@@ -464,7 +506,7 @@ class Transformer(nn.Module):
 
     # Per-block computation, as the naive reference in tests/test_model.py calls it.
     def _attention(self, block: Block, xq, xk, xv, attention_mask, rotary, heads=None):
-        return block.attention(xq, xk, xv, attention_mask, rotary, heads=heads)
+        return block.attention(xq, xk, xv, attention_mask, rotary, heads=heads, bias_share=not self._eap_ig)
 
     def _mlp(self, block: Block, x):
         return block.mlp(x)

@@ -25,12 +25,12 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
-def random_model(cfg, seed):
+def random_model(cfg, seed, conventions="ours"):
     """A float64 :class:`prune.model.Transformer` of ``cfg`` with every weight drawn from N(0, 0.5^2)."""
     from prune.model import Transformer
 
     torch.manual_seed(seed)
-    model = Transformer(cfg).double()
+    model = Transformer(cfg, conventions=conventions).double()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.5)

@@ -78,3 +78,34 @@ def test_dense_refuses_wrong_length():
     g = Graph(n_layers=1, n_heads=1)
     with pytest.raises(ValueError, match="one value per edge"):
         g.dense(torch.ones(g.n_edges + 1))
+
+
+def eap_ig_prune(g: Graph, in_graph: set[str]) -> set[str]:
+    """EAP-IG's ``Graph.prune`` (its commit 795f560), node by node as it is written there: until nothing
+    changes, a node is in the graph when it has an outgoing and an incoming edge (``input`` always has
+    incoming ones), and an edge when both its ends are (``logits`` always is)."""
+    edges = set(in_graph)
+    while True:
+        has_out = {e.split("->")[0] for e in edges}
+        has_in = {"input"} | {e.split("->")[1].split("<")[0] for e in edges}
+        nodes = (has_out & has_in) | {"logits"}
+        kept = {e for e in edges if e.split("->")[0] in nodes and e.split("->")[1].split("<")[0] in nodes}
+        if kept == edges:
+            return edges
+        edges = kept
+
+
+@given(st.integers(1, 4), st.integers(1, 4), st.data())
+def test_connected_is_eap_ig_s_prune(L, H, data):
+    g = Graph(n_layers=L, n_heads=H, conventions=data.draw(st.sampled_from(["ours", "eap-ig"])))
+    chosen = data.draw(st.sets(st.sampled_from(g.edge_names)))
+    kept = g.connected(g.edge_mask(chosen))
+    assert set(g.names_of(kept)) == eap_ig_prune(g, chosen)
+    assert torch.equal(g.connected(kept.float()), kept)  # idempotent
+
+
+def test_conventions_are_part_of_the_graph():
+    assert Graph(n_layers=1, n_heads=1) == Graph(n_layers=1, n_heads=1, conventions="ours")
+    assert Graph(n_layers=1, n_heads=1) != Graph(n_layers=1, n_heads=1, conventions="eap-ig")
+    with pytest.raises(ValueError, match="unknown writer conventions 'EAP-IG'"):
+        Graph(n_layers=1, n_heads=1, conventions="EAP-IG")

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from conftest import random_model
 from prune.ablation import ABLATIONS
+from prune.graph import CONVENTIONS
 from prune.model import Transformer, TransformerConfig
 
 # float64 throughout: the masked sums reorder additions, so agreement is to
@@ -34,15 +35,39 @@ def configs(draw):
     )
 
 
+def naive_fixed(model, S):
+    """Per reader ``r``: the part of its input no mask ablates. Under EAP-IG's conventions the position
+    embedding and the output bias ``b_O`` of every attention layer the reader comes after; else none."""
+    g, cfg = model.graph, model.cfg
+    if g.conventions == "ours":
+        return lambda r: 0.0
+    zero = torch.zeros(S, cfg.d_model, dtype=model.W_E.dtype)
+    pos = model.W_pos[:S] if model.W_pos is not None else zero
+
+    def fixed(r):
+        layer, offset = divmod(r, 3 * cfg.n_heads + 1)  # the logits reader: layer n_layers
+        after = layer + (offset == 3 * cfg.n_heads)  # an MLP reads its own layer's attention
+        return pos + sum((b.b_O for b in model.blocks[:after] if b.b_O is not None), zero)
+    return fixed
+
+
+def naive_input_writer(model, tokens):
+    """``input``: the token embedding under EAP-IG's conventions, with the position embedding under ours."""
+    if model.graph.conventions == "eap-ig":
+        return model.W_E[tokens]
+    return model.W_E[tokens] + (0.0 if model.W_pos is None else model.W_pos[: tokens.shape[1]])
+
+
 def naive_masked(model, tokens, z, ablated):
     """Reference: every reader sums its writers one edge at a time (no stacking)."""
     g, cfg = model.graph, model.cfg
     B, S = tokens.shape
-    writers = [model.embed(tokens)]
+    writers = [naive_input_writer(model, tokens)]
     abl = (lambda w: 0.0) if ablated is None else (lambda w: ablated[w])
+    fixed = naive_fixed(model, S)
 
     def reader_input(r):
-        return sum(z[w, r] * writers[w] + (1 - z[w, r]) * abl(w) for w in range(g.n_visible_writers(r)))
+        return fixed(r) + sum(z[w, r] * writers[w] + (1 - z[w, r]) * abl(w) for w in range(g.n_visible_writers(r)))
 
     for l, block in enumerate(model.blocks):
         H = cfg.n_heads
@@ -56,32 +81,34 @@ def naive_masked(model, tokens, z, ablated):
     return model.unembed(model.ln_f(reader_input(g.logits_reader)))
 
 
-@given(configs(), st.integers(0, 2**16), st.data())
-def test_all_masks_one_equals_plain(cfg, seed, data):
-    model = random_model(cfg, seed)
+@given(configs(), st.integers(0, 2**16), st.sampled_from(CONVENTIONS), st.data())
+def test_all_masks_one_equals_plain(cfg, seed, conventions, data):
+    model = random_model(cfg, seed, conventions)
     tokens = torch.randint(0, cfg.vocab_size, (2, data.draw(st.integers(1, 8))))
     plain = model(tokens)
     masked = model(tokens, edge_mask=torch.ones(model.graph.n_edges, dtype=torch.float64))
     torch.testing.assert_close(masked, plain, atol=ATOL, rtol=0)
 
 
-@given(configs(), st.integers(0, 2**16), st.data())
-def test_all_masks_zero_is_the_ablated_run(cfg, seed, data):
-    model = random_model(cfg, seed)
+@given(configs(), st.integers(0, 2**16), st.sampled_from(CONVENTIONS), st.data())
+def test_all_masks_zero_is_the_ablated_run(cfg, seed, conventions, data):
+    model = random_model(cfg, seed, conventions)
     S = data.draw(st.integers(1, 8))
     clean, corrupt = torch.randint(0, cfg.vocab_size, (2, 2, S))
     zeros = torch.zeros(model.graph.n_edges, dtype=torch.float64)
     # resample: every reader sees the corrupted run's writers, i.e. the corrupted run
     corrupted_logits, writers = model(corrupt, return_writers=True)
     torch.testing.assert_close(model(clean, edge_mask=zeros, ablated=writers), corrupted_logits, atol=ATOL, rtol=0)
-    # zero: every reader sees 0, whatever the input
+    # zero: every reader sees what no mask ablates (0 under our conventions), whatever the input
     zero_out = model(clean, edge_mask=zeros)
-    torch.testing.assert_close(zero_out, model.unembed(model.ln_f(torch.zeros_like(writers[0]))), atol=ATOL, rtol=0)
+    fixed = naive_fixed(model, S)(model.graph.logits_reader) + torch.zeros_like(writers[0])
+    torch.testing.assert_close(zero_out, model.unembed(model.ln_f(fixed)), atol=ATOL, rtol=0)
 
 
-@given(configs(), st.integers(0, 2**16), st.sampled_from(["zero", "resample", "mean"]), st.data())
-def test_circuit_mask_matches_naive_reference(cfg, seed, ablation, data):
-    model = random_model(cfg, seed)
+@given(configs(), st.integers(0, 2**16), st.sampled_from(["zero", "resample", "mean"]), st.sampled_from(CONVENTIONS),
+       st.data())
+def test_circuit_mask_matches_naive_reference(cfg, seed, ablation, conventions, data):
+    model = random_model(cfg, seed, conventions)
     g = model.graph
     S = data.draw(st.integers(1, 6))
     clean, corrupt = torch.randint(0, cfg.vocab_size, (2, 3, S))
@@ -101,9 +128,9 @@ def test_circuit_mask_matches_naive_reference(cfg, seed, ablation, data):
     torch.testing.assert_close(got.detach(), want, atol=ATOL, rtol=0)
 
 
-@given(configs(), st.integers(0, 2**16))
-def test_node_mask_zero_equals_removing_the_writers_edges(cfg, seed):
-    model = random_model(cfg, seed)
+@given(configs(), st.integers(0, 2**16), st.sampled_from(CONVENTIONS))
+def test_node_mask_zero_equals_removing_the_writers_edges(cfg, seed, conventions):
+    model = random_model(cfg, seed, conventions)
     g = model.graph
     tokens = torch.randint(0, cfg.vocab_size, (2, 5))
     writer = int(torch.randint(0, g.n_writers, ()).item())
@@ -161,15 +188,16 @@ def test_per_example_masks_equal_one_run_per_example(cfg, seed, ablation):
         torch.testing.assert_close(together[b : b + 1], alone, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("conventions", CONVENTIONS)
 @pytest.mark.parametrize("per_example", [False, True])
 @pytest.mark.parametrize("ablation", ["zero", "mean", "resample"])
-def test_gradients_match_finite_differences_for_every_ablation(ablation, per_example):
+def test_gradients_match_finite_differences_for_every_ablation(ablation, per_example, conventions):
     # The writers' gradients are accumulated in one buffer by the reads' backward passes
     # (prune.model._WriterGrads); this checks that bookkeeping on grouped-query attention,
     # rotary, RMSNorm and a gated MLP, with every ablation shape ([W, B, ..], [W, 1, ..], none).
     cfg = TransformerConfig(vocab_size=7, d_model=8, n_layers=2, n_heads=4, n_kv_heads=2, d_head=4, d_mlp=8,
                             n_positions=6, norm="rmsnorm", activation="silu", gated_mlp=True, positional="rotary")
-    model = random_model(cfg, 2)
+    model = random_model(cfg, 2, conventions)
     tokens, corrupt = torch.randint(0, 7, (2, 3, 4))
     ablated = {"zero": None, "resample": model.writers(corrupt),
                "mean": model.writers(corrupt).mean(1, keepdim=True)}[ablation]
@@ -237,28 +265,30 @@ def naive_masked_writers(model, tokens, z, nodes, ablated, cache):
     g, cfg = model.graph, model.cfg
     W = list(cache.values())
     abl = (lambda w: 0.0) if ablated is None else (lambda w: ablated[w])
+    fixed = naive_fixed(model, tokens.shape[1])
 
     def reader_input(r):
-        return sum(z[w, r] * W[w] + (1 - z[w, r]) * abl(w) for w in range(g.n_visible_writers(r)))
+        return fixed(r) + sum(z[w, r] * W[w] + (1 - z[w, r]) * abl(w) for w in range(g.n_visible_writers(r)))
 
     def node(w, out):  # what writer w writes under its node mask
         return nodes[w] * out + (1 - nodes[w]) * abl(w)
 
     rotary = model._rotary(tokens.shape[1], tokens.device, torch.float64) if cfg.positional == "rotary" else None
-    want = {"input": node(0, model.embed(tokens))}
+    want = {"input": node(0, naive_input_writer(model, tokens))}
     for l, block in enumerate(model.blocks):
         x = [torch.stack([block.ln1(reader_input(g.head_reader(l, h, port))) for h in range(cfg.n_heads)])
              for port in "qkv"]
-        heads = block.attention(*x, None, rotary)
+        heads = block.attention(*x, None, rotary, bias_share=g.conventions == "ours")
         for h in range(cfg.n_heads):
             want[f"a{l}.h{h}"] = node(g.head_writer(l, h), heads[h])
         want[f"m{l}"] = node(g.mlp_writer(l), block.mlp(block.ln2(reader_input(g.mlp_reader(l)))))
     return want, model.unembed(model.ln_f(reader_input(g.logits_reader)))
 
 
-@given(cfg=configs(), seed=st.integers(0, 2**16), ablation=st.sampled_from(ABLATIONS), data=st.data())
-def test_masked_run_with_cache_holds_the_writers_its_readers_see(cfg, seed, ablation, data):
-    model = random_model(cfg, seed)
+@given(cfg=configs(), seed=st.integers(0, 2**16), ablation=st.sampled_from(ABLATIONS),
+       conventions=st.sampled_from(CONVENTIONS), data=st.data())
+def test_masked_run_with_cache_holds_the_writers_its_readers_see(cfg, seed, ablation, conventions, data):
+    model = random_model(cfg, seed, conventions)
     g = model.graph
     clean, corrupt = torch.randint(0, cfg.vocab_size, (2, 3, 4))
     # all masks one: the plain run's writers
