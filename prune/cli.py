@@ -11,7 +11,8 @@ exists). One run per target, with :func:`prune.edge_pruning.language_model_confi
 target, else its ``repr``: ``target-0.9``, ``target-0.9000001``, ``target-1``)
 holds ``checkpoint.safetensors`` (the pruner's whole state, saved every
 ``--checkpoint-every`` steps and at the end, and kept), then ``circuit.json``
-(EAP-IG) and ``metrics.json``. With several targets, ``DIR/sweep.png`` plots the
+(EAP-IG; found under ``--conventions``, ours by default or EAP-IG's and MIB's,
+docs/conventions.md) and ``metrics.json``. With several targets, ``DIR/sweep.png`` plots the
 task metric against the edge count. ``DIR/run.json`` records the model, task,
 data and training settings.
 
@@ -53,6 +54,7 @@ import torch
 
 from prune._cli import ArgumentParser, nonempty, parse_fractions, parse_int, positive_int, random_seed, run_command
 from prune.files import atomic_write_json, read_json
+from prune.graph import CONVENTIONS
 
 __all__ = ["OUTPUTS", "circuit_metrics", "main", "remove_stale_temp_files", "target_folder"]
 
@@ -62,9 +64,9 @@ CHECKPOINT, CIRCUIT, METRICS, SWEEP, RUN = (
     "checkpoint.safetensors", "circuit.json", "metrics.json", "sweep.png", "run.json")
 OUTPUTS = (CHECKPOINT, CIRCUIT, METRICS, SWEEP, RUN)
 # What must match for --resume to continue a run (targets may differ: new ones start fresh).
-_RUN_KEYS = ("model", "task", "n", "seed", "ablation", "dtype", "steps", "batch_size")
+_RUN_KEYS = ("model", "task", "n", "seed", "ablation", "dtype", "steps", "batch_size", "conventions")
 # What a finished target's metrics.json records of its run (and must match to be skipped on --resume).
-_METRICS_KEYS = ("task", "ablation", "seed", "steps")
+_METRICS_KEYS = ("task", "ablation", "seed", "steps", "conventions")
 MAX_THREADS = 1024
 
 
@@ -311,7 +313,8 @@ def cmd_run(args) -> int:
     _check_model(args.model)
     run_dirs = [args.out / name for name in names]
     record = {"model": _model_key(args.model), "task": args.task, "n": args.n, "seed": args.seed,
-              "ablation": args.ablation, "dtype": args.dtype, "steps": args.steps, "batch_size": args.batch_size}
+              "ablation": args.ablation, "dtype": args.dtype, "steps": args.steps, "batch_size": args.batch_size,
+              "conventions": args.conventions}
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file, not a folder")
     _check_out_dir(args, targets, run_dirs, record)
@@ -353,7 +356,7 @@ def _run(args, targets, configs, run_dirs, states, record) -> int:
 
         hf_logging.disable_progress_bar()  # "Loading weights" and the like
     try:
-        model = loaders.from_hf(args.model, dtype=_DTYPES[args.dtype])
+        model = loaders.from_hf(args.model, dtype=_DTYPES[args.dtype]).with_conventions(args.conventions)
         model_type = loaders.model_type_of(args.model)
     except (FileNotFoundError, ValueError, MemoryError, NotImplementedError, OSError) as err:
         raise UsageError(f"cannot load model {args.model!r}: {err}") from None
@@ -400,7 +403,7 @@ def _run(args, targets, configs, run_dirs, states, record) -> int:
         circuit = pruner.circuit()
         atomic_write_json(run_dir / CIRCUIT, circuit.to_dict())  # Circuit.save's JSON; mode from the umask
         metrics = {"target_edge_sparsity": cfg.target_sparsity, "task": args.task, "ablation": args.ablation,
-                   "seed": args.seed, "steps": cfg.steps,
+                   "seed": args.seed, "steps": cfg.steps, "conventions": args.conventions,
                    **circuit_metrics(model, task, circuit, args.ablation)}
         atomic_write_json(run_dir / METRICS, metrics)
         summary[i] = metrics
@@ -453,6 +456,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=positive_int, default=3000, help="training steps per target")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--ablation", default="resample", choices=["zero", "mean", "resample"])
+    p.add_argument("--conventions", default="ours", choices=list(CONVENTIONS),
+                   help="writer conventions: ours, or EAP-IG's and MIB's (docs/conventions.md)")
     p.add_argument("--seed", type=random_seed, default=0, help="from 0 to 2**63 - 1")
     p.add_argument("--dtype", default="fp32", choices=list(_DTYPES))
     p.add_argument("--checkpoint-every", type=positive_int, default=100, metavar="N",

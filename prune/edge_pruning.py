@@ -401,7 +401,7 @@ class EdgePruner:
         return {"format": "edge-pruning-checkpoint/1", "step": str(self.step_index), "seed": str(self.seed),
                 "ablation": self.ablation, "config": json.dumps(dataclasses.asdict(self.cfg), sort_keys=True),
                 "fingerprint": self.fingerprint, "history": json.dumps(self.history),
-                "seconds": repr(self.seconds)}
+                "seconds": repr(self.seconds), "conventions": self.model.graph.conventions}
 
     def save(self, path: str | Path) -> Path:
         """Write a safetensors checkpoint atomically (a temporary file, then a rename)."""
@@ -427,7 +427,8 @@ class EdgePruner:
         if meta.get("format") != "edge-pruning-checkpoint/1":
             raise CheckpointError(f"{path} is not an Edge Pruning checkpoint (format {meta.get('format')!r})")
         mine = self._metadata()
-        for key in ("seed", "ablation", "config", "fingerprint"):
+        meta = {"conventions": "ours", **meta}  # a checkpoint from before conventions were recorded: ours
+        for key in ("seed", "ablation", "config", "fingerprint", "conventions"):
             if meta.get(key) != mine[key]:
                 raise CheckpointError(
                     f"{path} was made with {key} = {meta.get(key)!r}, but this run has {mine[key]!r}; "

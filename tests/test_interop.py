@@ -160,3 +160,30 @@ def test_with_conventions_shares_the_weights_and_keeps_the_outputs(fixture):
     fixed = other.W_pos[:S] + sum(b.b_O for b in other.blocks)
     torch.testing.assert_close(other.writers(examples.clean).sum(0) + fixed, model.writers(examples.clean).sum(0),
                                atol=1e-12, rtol=0)
+
+
+def test_prune_run_finds_and_records_circuits_under_eap_ig_conventions(tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from prune.cli import main
+    from prune.graph import Graph
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=64, n_embd=16, n_layer=2, n_head=2)).save_pretrained(
+        tmp_path / "gpt2")
+    args = ["run", "--model", str(tmp_path / "gpt2"), "--task", "ioi", "--target-edge-sparsity", "0.9",
+            "--out", str(tmp_path / "out"), "--n", "8", "--batch-size", "4", "--steps", "4", "--threads", "1",
+            "--quiet"]
+    assert main([*args, "--conventions", "eap-ig"]) == 0
+    written = json.loads((tmp_path / "out" / "target-0.9" / "circuit.json").read_text())
+    assert written["conventions"] == "eap-ig"
+    assert json.loads((tmp_path / "out" / "target-0.9" / "metrics.json").read_text())["conventions"] == "eap-ig"
+    circuit = Circuit.load(tmp_path / "out" / "target-0.9" / "circuit.json",
+                           graph=Graph(n_layers=2, n_heads=2, conventions="eap-ig"))
+    assert circuit.connected().edges == circuit.edges
+    capsys.readouterr()
+    # resuming (or adding targets) under the other conventions is refused, before anything is written
+    before = sorted(p.name for p in (tmp_path / "out").rglob("*"))
+    assert main([*args, "--resume", "--conventions", "ours"]) == 2
+    assert "conventions = 'eap-ig'" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == before
