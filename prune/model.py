@@ -491,9 +491,10 @@ class Transformer(nn.Module):
 
         TransformerLens's activation cache without hooks: the names are
         ``self.graph.writer_names`` in graph order (``input``, ``a0.h0``, ...,
-        ``m0``, ...). In a plain run the outputs sum to the residual stream
-        before ``ln_f``. ``masks`` are ``forward``'s keywords: ``attention_mask``,
-        and ``edge_mask``/``node_mask`` (with ``ablated``) for a masked run, in
+        ``m0``, ...). In a plain run under our conventions the outputs sum to the
+        residual stream before ``ln_f`` (under EAP-IG's, with the position
+        embedding and every ``b_O`` added). ``masks`` are ``forward``'s keywords:
+        ``attention_mask``, and ``edge_mask``/``node_mask`` (with ``ablated``) for a masked run, in
         which each output is the writer's in that run, after its node mask:
         what its readers take where their edge is kept. Every writer is
         computed, live in the circuit or not.

@@ -311,3 +311,21 @@ def test_masked_run_with_cache_holds_the_writers_its_readers_see(cfg, seed, abla
         for name in g.writer_names:
             torch.testing.assert_close(cache[name], want[name], atol=ATOL, rtol=0)
         torch.testing.assert_close(logits.detach(), want_logits, atol=ATOL, rtol=0)
+
+
+@given(configs(), st.integers(0, 2**16), st.sampled_from(["resample", "mean"]), st.data())
+def test_resample_and_mean_stand_ins_make_the_conventions_agree(cfg, seed, ablation, data):
+    # Under EAP-IG's conventions every writer is ours minus a part that does not depend on the prompt (the
+    # position embedding, b_O / H); a stand-in from the same model differs from ours by the same part, so
+    # z * clean + (1 - z) * stand-in differs by it whatever z is, and the fixed stream adds it back.
+    ours = random_model(cfg, seed)
+    theirs = ours.with_conventions("eap-ig")
+    clean, corrupt = torch.randint(0, cfg.vocab_size, (2, 3, 5))
+    z = torch.tensor(data.draw(st.lists(st.sampled_from([0.0, 1.0, 0.3]), min_size=ours.graph.n_edges,
+                                        max_size=ours.graph.n_edges)), dtype=torch.float64)
+
+    def stand_in(model):
+        w = model.writers(corrupt)
+        return w if ablation == "resample" else w.mean(1, keepdim=True)
+    want = ours(clean, edge_mask=z, ablated=stand_in(ours))
+    torch.testing.assert_close(theirs(clean, edge_mask=z, ablated=stand_in(theirs)), want, atol=ATOL, rtol=0)
