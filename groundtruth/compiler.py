@@ -23,7 +23,8 @@ import numpy as np
 
 from groundtruth.program import Program
 
-__all__ = ["COMPILER_BOS", "COMPILER_PAD", "Compiled", "ProgramError", "compile_program", "rasp_outputs"]
+__all__ = ["COMPILER_BOS", "COMPILER_PAD", "Compiled", "ProgramError", "compile_program", "describe_expr",
+           "rasp_outputs"]
 
 COMPILER_BOS = "compiler_bos"
 COMPILER_PAD = "compiler_pad"
@@ -44,6 +45,20 @@ class Compiled:
     program: Program
     sop: Any  # rasp.SOp, the output
     assembled: Any  # tracr AssembledTransformerModel
+    # Which RASP expressions each compiled module computes: ((node, ((label, expression), ...)), ...), node
+    # in prune's names ("a0.h1", "m0"). Tracr keeps no such map once the model is assembled (an MLP layer is
+    # its Maps combined in parallel), so compile_program records it from the craft model (see
+    # _module_expressions). A tuple, so that Compiled stays hashable.
+    modules: tuple = ()
+
+    def node_labels(self) -> dict[str, str]:
+        """Per graph node, the RASP it computes, one ``label = expression`` line each (for drawings):
+        ``input`` the token and position embeddings, ``logits`` the output SOp, every head and MLP that
+        computes something its expressions."""
+        labels = {"input": "tokens, indices (embedding)", "logits": f"reads {self.sop.label}"}
+        for node, exprs in self.modules:
+            labels[node] = "\n".join(f"{label} = {expr}" for label, expr in exprs)
+        return labels
 
     @property
     def residual_labels(self) -> list[str]:
@@ -214,10 +229,82 @@ def compile_program(prog: Program, *, validate: bool = True, mlp_exactness: int 
         raise
     except Exception as err:  # Tracr raises many types; name the program and the cause.
         raise ProgramError(f"program {prog.name!r}: Tracr failed to compile it: {type(err).__name__}: {err}") from err
-    compiled = Compiled(prog, sop, assembled)
+    compiled = Compiled(prog, sop, assembled, _module_expressions(graph, craft_model))
     if validate:
         check_against_rasp(compiled)
     return compiled
+
+
+def describe_expr(expr) -> str:
+    """A RASP expression in one line, its children by label: ``numerical Aggregate(Select(indices, length,
+    EQ), tokens)``. A predicate that is a function, not a :class:`rasp.Comparison`, shows as ``fn``."""
+    from tracr.rasp import rasp
+
+    def select(sel) -> str:
+        if isinstance(sel, rasp.Select):
+            pred = sel.predicate.name if isinstance(sel.predicate, rasp.Comparison) else "fn"
+            return f"Select({sel.keys.label}, {sel.queries.label}, {pred})"
+        return f"{type(sel).__name__}({', '.join(select(c) for c in sel.children)})"
+
+    if isinstance(expr, rasp.Selector):
+        body = select(expr)
+    elif isinstance(expr, rasp.Aggregate):
+        body = f"Aggregate({select(expr.selector)}, {expr.sop.label})"
+    elif isinstance(expr, rasp.SelectorWidth):
+        body = f"SelectorWidth({select(expr.selector)})"
+    elif isinstance(expr, rasp.LinearSequenceMap):
+        body = f"LinearSequenceMap({expr.fst.label}, {expr.snd.label}, {expr.fst_fac:g}, {expr.snd_fac:g})"
+    else:  # Map, SequenceMap, Full, ...: the type and the children's labels
+        body = f"{type(expr).__name__}({', '.join(c.label for c in expr.children)})"
+    if not isinstance(expr, rasp.SOp):  # a selector
+        return select(expr)
+    return f"numerical {body}" if rasp.is_numerical(expr) else body
+
+
+def _module_expressions(graph, craft_model) -> tuple:
+    """What each head and MLP of the assembled model computes (see :attr:`Compiled.modules`).
+
+    Heads are matched by identity: the assembled attention layers hold the very head objects of the RASP
+    graph's blocks. MLPs are combined in parallel into new objects, so an MLP is matched by what it writes:
+    the RASP labels among its output directions. Layers are numbered as Tracr's assembler numbers them (each
+    block takes the next layer with a free slot of its kind, attention then MLP).
+    """
+    from tracr.compiler import nodes
+    from tracr.craft import transformers
+
+    head_label, exprs, halves = {}, {}, {}
+    for label, node in graph.nodes.items():
+        block = node.get(nodes.MODEL_BLOCK)
+        if block is None:  # tokens, indices, selectors: no module of their own
+            continue
+        exprs[label] = describe_expr(node[nodes.EXPR])
+        if isinstance(block, transformers.SeriesWithResiduals):  # SelectorWidth: an attention layer, then an MLP
+            halves[label] = True
+        parts = block.blocks if isinstance(block, transformers.SeriesWithResiduals) else [block]
+        for part in parts:
+            if isinstance(part, (transformers.AttentionHead, transformers.MultiAttentionHead)):
+                for head in part.as_multi().heads():
+                    head_label[id(head)] = label
+    # Tracr's assembler (assemble._get_model_config_and_module_names): each block takes the next slot of its
+    # kind in attn0, mlp0, attn1, mlp1, ...; the slots it skips stay empty (zero weights).
+    slots = iter([(layer, kind) for layer in range(len(craft_model.blocks)) for kind in ("attn", "mlp")])
+    out = []
+    for block in craft_model.blocks:
+        want = "mlp" if isinstance(block, transformers.MLP) else "attn"
+        layer, kind = next(slots)
+        while kind != want:
+            layer, kind = next(slots)
+        if want == "mlp":
+            labels = sorted({d.name for d in block.snd.output_space.basis if d.name in exprs})
+            out.append((f"m{layer}", tuple((lab, exprs[lab] + (" (its MLP)" if lab in halves else ""))
+                                           for lab in labels)))
+            continue
+        for h, head in enumerate(block.as_multi().heads()):
+            if id(head) in head_label:
+                label = head_label[id(head)]
+                expr = exprs[label] + (" (its attention)" if label in halves else "")
+                out.append((f"a{layer}.h{h}", ((label, expr),)))
+    return tuple(out)
 
 
 def outputs_agree(a: Sequence, b: Sequence, numerical: bool, atol: float = NUMERICAL_ATOL) -> bool:

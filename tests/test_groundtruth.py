@@ -149,3 +149,32 @@ def test_unembedding_is_built_from_output_labels():
     for j, value in enumerate(case.compiled.output_values):
         assert labels[int(np.argmax(W_U[:, j]))] == f"{case.compiled.sop.label}:{value}"
     assert W_U.sum() == len(case.compiled.output_values)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_node_labels_name_what_each_module_writes(name):
+    """compile_program's map from graph nodes to RASP expressions, checked against the weights: every head
+    and MLP that writes anything is labelled, and what it is labelled with is what it writes (its output
+    weights reach exactly the residual directions of those SOps). The attention half of a SelectorWidth
+    writes a hidden direction of Tracr's, not its SOp's, and is checked only for being labelled; its MLP writes
+    the SOp and clears that hidden direction."""
+    case = library_case(name)
+    model, labels = case.model, case.compiled.node_labels()
+    residual = [lab.split(":")[0] for lab in case.compiled.residual_labels]
+    g = model.graph
+    for layer, block in enumerate(model.blocks):
+        outputs = {f"a{layer}.h{h}": block.W_O[h] for h in range(g.n_heads)}  # [E, D] each
+        outputs[f"m{layer}"] = block.W_out  # [hidden, D]
+        for node, w in outputs.items():
+            written = {residual[d] for d in torch.nonzero(w.abs().sum(0)).flatten().tolist()}
+            if not written:
+                assert node not in labels, (node, labels.get(node))
+                continue
+            assert node in labels, (node, sorted(written))
+            if labels[node].endswith("(its attention)"):
+                continue
+            sops = {line.split(" = ")[0] for line in labels[node].splitlines()}
+            # A SelectorWidth's MLP also subtracts what its attention wrote into the hidden direction.
+            cleaned = {f"{line.split(' = ')[0]}_selector_width_attn_output" for line in labels[node].splitlines()
+                       if line.endswith("(its MLP)")}
+            assert written - cleaned == sops, (node, sorted(written), sorted(sops))
