@@ -1,13 +1,17 @@
 """``groundtruth`` command line.
 
   groundtruth build [PROGRAM ...] [--out DIR]   compile the library (or some of it) into artifacts
-  groundtruth check SPEC [SPEC ...]             compile, convert, derive and verify, write nothing
+  groundtruth check SPEC [SPEC ...] [--draw DIR] compile, convert, derive and verify; write nothing but the
+                                                drawings asked for (each ground truth, nodes labelled by RASP)
   groundtruth table [--root DIR]                the library table (markdown) from the artifacts
   groundtruth recover [SPEC ...] [--ablations zero,resample] [--seeds 0,1] [--pruner MOD:FN] [--report FILE]
-                                                does a pruner recover the ground truth exactly?
+                      [--draw DIR]              does a pruner recover the ground truth exactly? (--draw: each
+                                                circuit found, drawn against the ground truth, and its JSON)
   groundtruth demo                              recover the whole library (zero and resample ablation)
   groundtruth compare [--methods edge_pruning,acdc,eap,eap_ig] [--ablation zero] [--programs a,b] [--out DIR]
-                                                every method on the library, its own circuit and the finalized one
+                      [--draw DIR]              every method on the library, its own circuit and the finalized one
+  groundtruth report TABLE.json [--out FILE]    one static HTML page of a compare or recovery table, sortable,
+                                                each row linked to its drawing and circuit JSON
 
 SPEC is a library name, ``FILE.py`` (every program in it) or ``FILE.py:NAME``.
 SEEDS is ``0``, ``0,1,2``, ``0-9`` or a mix (``0-3,7``).
@@ -179,12 +183,41 @@ def cmd_build(args) -> int:
     return 0 if all(r["verified"] == "yes" for r in rows) else 1
 
 
+def _drawing_folder(path: Path | None) -> Path | None:
+    """``--draw DIR`` checked before any work (it need not exist yet), and matplotlib with it."""
+    from prune.files import check_writable_folder
+
+    if path is None:
+        return None
+    check_writable_folder(path, "--draw")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("--draw needs matplotlib (the plot extra): pip install -e '.[plot]'") from None
+    return path
+
+
+def _file_stem(*parts) -> str:
+    return "-".join(str(p).replace(":", "-") for p in parts)
+
+
 def cmd_check(args) -> int:
+    from prune.circuit import Circuit
+    from prune.draw import save_circuit_files
+
+    draw = _drawing_folder(args.draw)
     rows, failed = [], False
     for prog, case in _cases(_programs(args.specs), args.quiet):
         rows.append(_case_row(case))
         for variant, edges in case.circuits.items():
             print(f"{prog.name} {variant} ({len(edges)} edges): {', '.join(edges) or '-'}")
+            if draw is not None:
+                ablation = variant.partition(":")[2]
+                circuit = Circuit(graph=case.model.graph, edges=tuple(edges), ablation=ablation, model=prog.name,
+                                  d_model=case.model.cfg.d_model, method=f"ground truth ({variant})")
+                stem = draw / _file_stem(prog.name, variant)
+                files = save_circuit_files(circuit, f"{stem}.json", stem, labels=case.compiled.node_labels())
+                print(f"  drawn: {files['drawing']} (and .svg), circuit {files['circuit']}")
         for ablation, v in case.verifications.items():
             if not v.ok:
                 failed = True
@@ -282,11 +315,12 @@ def cmd_recover(args) -> int:
     from prune.files import atomic_write_text
 
     _report_path(args.report)
+    draw = _drawing_folder(args.draw)
     pruner = load_pruner(args.pruner)
     torch.set_num_threads(args.threads)
     ablations, seeds = args.ablations, args.seeds
     targets = _targets(args.specs)
-    results, skipped, rows = [], [], []
+    results, skipped, rows, files = [], [], [], {}
     runs = [(t, a, s) for t in targets for a in ablations for s in seeds]
     # leave=False: the bar clears itself, so a refusal mid-run leaves only its one error line on stderr
     bar = tqdm(runs, desc="recovery", disable=args.quiet, leave=False, file=sys.stderr)
@@ -299,6 +333,8 @@ def cmd_recover(args) -> int:
                 skipped.append(f"{name} ({ablation}: the ground truth is empty, nothing to recover)")
             continue
         result = recover(name, model, examples, gt, ablation=ablation, seed=seed, pruner=pruner)
+        if draw is not None:
+            files[len(results)] = _draw_recovery(result, model, draw, args.report)
         results.append(result)
         rows.append(result.row())
     if not results:
@@ -315,10 +351,30 @@ def cmd_recover(args) -> int:
                   f"missed {list(r.only_ground_truth)}, reproduces {r.reproduces:.3f}")
     if args.report:
         report = {"pruner": args.pruner, "ablations": ablations, "seeds": seeds, "exact": exact,
-                  "runs": len(results), "skipped": skipped, "results": [r.to_dict() for r in results]}
+                  "runs": len(results), "skipped": skipped,
+                  "results": [{**r.to_dict(), **({"files": files[i]} if i in files else {})}
+                              for i, r in enumerate(results)]}
         atomic_write_text(args.report, json.dumps(report, indent=1) + "\n")
         print(f"report: {args.report}")
     return 0 if exact == len(results) else 1
+
+
+def _draw_recovery(result, model, draw: Path, report: Path | None) -> dict:
+    """Save a recovery's circuit and draw it against the ground truth, as ``DIR/<program>-<ablation>-seed<s>``;
+    the paths, relative to the report's folder."""
+    import dataclasses
+
+    from prune.circuit import Circuit
+    from prune.draw import save_circuit_files
+
+    circuit = result.circuit
+    if not circuit.model:
+        circuit = dataclasses.replace(circuit, model=result.program)
+    truth = Circuit(graph=model.graph, edges=result.ground_truth, ablation=result.ablation, model=circuit.model,
+                    d_model=model.cfg.d_model, method="ground truth")
+    stem = draw / _file_stem(result.program, result.ablation, f"seed{result.seed}")
+    return save_circuit_files(circuit, f"{stem}.json", stem, truth=truth,
+                              relative_to=report.parent if report is not None else None)
 
 
 def cmd_compare(args) -> int:
@@ -328,7 +384,7 @@ def cmd_compare(args) -> int:
 
     torch.set_num_threads(args.threads)
     compare(args.methods, args.ablation, programs=args.programs, seed=args.seed, out_dir=args.out,
-            plot=args.plot, quiet=args.quiet)
+            plot=args.plot, quiet=args.quiet, draw=_drawing_folder(args.draw))
     if not args.quiet:
         print(f"written: {args.out / 'compare.md'}, {args.out / 'compare.json'}"
               + (f", {args.out / f'compare_{args.plot}.png'}" if args.plot else ""), file=sys.stderr)
@@ -349,6 +405,8 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build)
     p = sub.add_parser("check", help="compile, convert, derive and verify the ground truth; write nothing")
     p.add_argument("specs", nargs="+", help="library names or FILE.py[:NAME]")
+    p.add_argument("--draw", type=Path, default=None, metavar="DIR",
+                   help="draw each ground truth (nodes labelled with the RASP they compute) into DIR")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("table", help="print the library table from the artifacts")
@@ -363,6 +421,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--seeds", type=parse_seeds, default="0", help="0, 0,1,2, 0-9 or a mix")
         p.add_argument("--pruner", default=DEFAULT_PRUNER, help="module:callable (a prune.Pruner)")
         p.add_argument("--report", type=Path, default=Path("out/recovery.json") if name == "demo" else None)
+        p.add_argument("--draw", type=Path, default=None, metavar="DIR",
+                       help="save each circuit found into DIR, drawn against the ground truth (PNG, SVG, JSON)")
         p.add_argument("--threads", type=_threads, default=DEFAULT_THREADS,
                        help=f"torch CPU threads, 1 to {MAX_THREADS}")
         p.add_argument("--quiet", action="store_true")
@@ -373,6 +433,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--programs", default=None, help="comma-separated library programs (default: all)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for compare.md/.json/.png")
     p.add_argument("--plot", default=None, metavar="PROGRAM", help="also plot faithfulness vs edges for it")
+    p.add_argument("--draw", type=Path, default=None, metavar="DIR",
+                   help="draw each method's circuit against the ground truth into DIR (PNG and SVG)")
     p.add_argument("--seed", type=parse_seeds, default="0", help="one seed")
     p.add_argument("--threads", type=_threads, default=DEFAULT_THREADS, help=f"torch CPU threads, 1 to {MAX_THREADS}")
     p.add_argument("--quiet", action="store_true")

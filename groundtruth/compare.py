@@ -3,7 +3,7 @@
 ::
 
     groundtruth compare --methods edge_pruning,acdc,eap,eap_ig --ablation zero \\
-        [--programs a,b] [--out DIR] [--plot PROGRAM] [--seed 0] [--threads 1]
+        [--programs a,b] [--out DIR] [--draw DIR] [--plot PROGRAM] [--seed 0] [--threads 1]
 
 Every method of :data:`prune.baselines.METHODS` named in ``--methods`` runs
 with its defaults and ``finalize="own"`` on every library artifact (or those in
@@ -30,7 +30,11 @@ both ways, like for like. One row per (program, method):
 - ``seconds``: wall time of the method; ``final s``: of the finalizer.
 
 The table is printed (markdown) and written to ``DIR/compare.md`` and
-``DIR/compare.json`` (default ``out/compare``), each atomically. ``--plot
+``DIR/compare.json`` (default ``out/compare``), each atomically; each method's own
+circuit goes to ``DIR/circuits/<program>-<method>.json`` (EAP-IG JSON), and with
+``--draw DRAWDIR`` its drawing against the ground truth (:mod:`prune.draw`) to
+``DRAWDIR/<program>-<method>.png`` and ``.svg``; every row of ``compare.json``
+names its files (``files``), which ``groundtruth report`` links to. ``--plot
 PROGRAM`` also writes ``DIR/compare_<PROGRAM>.png``: faithfulness against edge
 count per method; score-based methods give their top-k circuits by
 :func:`prune.baselines.ranking` over a range of k, ACDC the circuits of
@@ -39,6 +43,7 @@ count per method; score-based methods give their top-k circuits by
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -46,7 +51,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from prune.files import atomic_write_text, save_figure
+from prune.files import atomic_write_text, check_writable_folder, save_figure
 
 __all__ = ["compare", "DEFAULT_OUT"]
 
@@ -134,17 +139,22 @@ def _own_circuit(method, found: dict, model, examples, **kw):
 
 
 def compare(methods, ablation: str, *, programs=None, seed: int = 0, out_dir=DEFAULT_OUT,
-            plot: str | None = None, quiet: bool = False, root=None) -> list[dict]:
+            plot: str | None = None, quiet: bool = False, root=None, draw=None) -> list[dict]:
     """Run ``methods`` (names or a comma list) on the library; write the table; return its rows.
 
     Rows hold raw numbers (``auroc`` is None where the ground truth covers every
-    edge); ``details`` lists the extra and missed edges of both circuits.
+    edge); ``details`` lists the extra and missed edges of both circuits; ``files``
+    where the method's own circuit was saved (``out_dir/circuits/<program>-<method>.json``)
+    and, with ``draw`` (a folder), its drawing against the ground truth
+    (``<draw>/<program>-<method>.png`` and ``.svg``), relative to ``out_dir``.
     """
     from groundtruth.artifacts import DEFAULT_ROOT, load_artifact
     from groundtruth.recovery import recover
     from groundtruth.registry import library
     from prune.ablation import check_ablation
     from prune.baselines import edge_auroc, ranking
+    from prune.circuit import Circuit
+    from prune.draw import save_circuit_files
     from prune.evaluate import Evaluator
     from prune.finalize import finalize
 
@@ -154,6 +164,10 @@ def compare(methods, ablation: str, *, programs=None, seed: int = 0, out_dir=DEF
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} is a file; give a folder")
+    check_writable_folder(out_dir, "--out")
+    if draw is not None:
+        draw = check_writable_folder(draw, "--draw")
+        import matplotlib  # noqa: F401  (the plot extra: refused now, not after the first method ran)
     if programs is None:
         available = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
         names = [n for n in library() if n in available] + sorted(available - set(library()))
@@ -207,6 +221,13 @@ def compare(methods, ablation: str, *, programs=None, seed: int = 0, out_dir=DEF
                         "reproduces": result.reproduces, "finalize": info,
                         "metadata": {k: v for k, v in circuit.metadata.items() if k != "history"}},
         })
+        if not circuit.model:
+            circuit = dataclasses.replace(circuit, model=name)
+        truth = Circuit(graph=art.model.graph, edges=tuple(gt), ablation=ablation, model=name,
+                        d_model=art.model.cfg.d_model, method="ground truth")
+        rows[-1]["files"] = save_circuit_files(
+            circuit, out_dir / "circuits" / f"{name}-{method}.json",
+            draw / f"{name}-{method}" if draw is not None else None, truth=truth, relative_to=out_dir)
         if name == plot:
             plot_circuits[method] = circuit
 

@@ -45,6 +45,8 @@ class Recovery:
     # before the shared exact finalizer) already equal the ground truth? The circuit itself
     # when it was not finalized.
     own_exact: bool | None = None
+    # The pruner's circuit itself (scores, metadata), for saving and drawing; not part of the record.
+    circuit: object = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def exact(self) -> bool:
@@ -61,7 +63,7 @@ class Recovery:
         }
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "circuit"}
         d["exact"] = self.exact
         return d
 
@@ -128,5 +130,5 @@ def recover(name: str, model, examples, ground_truth, *, ablation: str, seed: in
         program=name, ablation=ablation, seed=seed, ground_truth=tuple(ground_truth), found=circuit.edges,
         precision=cmp.precision, recall=cmp.recall, reproduces=reproduces, seconds=seconds,
         only_found=cmp.only_found, only_ground_truth=cmp.only_reference,
-        own_exact=set(own) == set(ground_truth),
+        own_exact=set(own) == set(ground_truth), circuit=circuit,
     )

@@ -10,9 +10,10 @@ exists). One run per target, with :func:`prune.edge_pruning.language_model_confi
 (``<t>`` the target as written by ``:g`` where that reads back as exactly the
 target, else its ``repr``: ``target-0.9``, ``target-0.9000001``, ``target-1``)
 holds ``checkpoint.safetensors`` (the pruner's whole state, saved every
-``--checkpoint-every`` steps and at the end, and kept), then ``circuit.json``
-(EAP-IG; found under ``--conventions``, ours by default or EAP-IG's and MIB's,
-docs/conventions.md) and ``metrics.json``. With several targets, ``DIR/sweep.png`` plots the
+``--checkpoint-every`` steps and at the end, and kept), then the circuit's drawing
+``circuit.png`` and ``circuit.svg`` (:mod:`prune.draw`; not with ``--no-draw``),
+``circuit.json`` (EAP-IG; found under ``--conventions``, ours by default or EAP-IG's
+and MIB's, docs/conventions.md) and ``metrics.json``. With several targets, ``DIR/sweep.png`` plots the
 task metric against the edge count. ``DIR/run.json`` records the model, task,
 data and training settings.
 
@@ -62,7 +63,8 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 CHECKPOINT, CIRCUIT, METRICS, SWEEP, RUN = (
     "checkpoint.safetensors", "circuit.json", "metrics.json", "sweep.png", "run.json")
-OUTPUTS = (CHECKPOINT, CIRCUIT, METRICS, SWEEP, RUN)
+DRAWING = "circuit"  # the circuit's drawing, circuit.png and circuit.svg (prune.draw)
+OUTPUTS = (CHECKPOINT, CIRCUIT, METRICS, SWEEP, RUN, f"{DRAWING}.png", f"{DRAWING}.svg")
 # What must match for --resume to continue a run (targets may differ: new ones start fresh).
 _RUN_KEYS = ("model", "task", "n", "seed", "ablation", "dtype", "steps", "batch_size", "conventions")
 # What a finished target's metrics.json records of its run (and must match to be skipped on --resume).
@@ -317,6 +319,12 @@ def cmd_run(args) -> int:
               "conventions": args.conventions}
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file, not a folder")
+    if not args.no_draw:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("drawing the circuits needs matplotlib (the plot extra: pip install -e '.[plot]'); "
+                             "or pass --no-draw") from None
     _check_out_dir(args, targets, run_dirs, record)
     created = _make_out_dir(args.out)
     try:
@@ -346,6 +354,8 @@ def _run(args, targets, configs, run_dirs, states, record) -> int:
         if state == "finished":
             summary[i] = json.loads((run_dir / METRICS).read_text())
             print(f"target {_shown(targets[i])}: finished earlier, skipped ({run_dir / METRICS})", file=sys.stderr)
+            if not args.no_draw and not (run_dir / f"{DRAWING}.png").is_file():  # finished under --no-draw
+                _draw(run_dir)
     if all(m is not None for m in summary):
         if len(summary) > 1:
             _plot(summary, args.out / SWEEP)
@@ -401,6 +411,10 @@ def _run(args, targets, configs, run_dirs, states, record) -> int:
         except FloatingPointError as err:
             raise UsageError(str(err)) from None
         circuit = pruner.circuit()
+        if not args.no_draw:  # before circuit.json: a finished target has its drawing
+            from prune.draw import draw_circuit
+
+            draw_circuit(circuit, run_dir / DRAWING)
         atomic_write_json(run_dir / CIRCUIT, circuit.to_dict())  # Circuit.save's JSON; mode from the umask
         metrics = {"target_edge_sparsity": cfg.target_sparsity, "task": args.task, "ablation": args.ablation,
                    "seed": args.seed, "steps": cfg.steps, "conventions": args.conventions,
@@ -411,6 +425,16 @@ def _run(args, targets, configs, run_dirs, states, record) -> int:
     if len(summary) > 1:
         _plot(summary, args.out / SWEEP)
     return 0
+
+
+def _draw(run_dir: Path) -> None:
+    from prune.circuit import Circuit, CircuitFileError
+    from prune.draw import draw_circuit
+
+    try:
+        draw_circuit(Circuit.load(run_dir / CIRCUIT), run_dir / DRAWING)
+    except CircuitFileError as err:
+        raise UsageError(f"cannot draw {run_dir / CIRCUIT}: {err}") from None
 
 
 def _plot(summary, path: Path) -> None:
@@ -466,6 +490,8 @@ def main(argv=None) -> int:
                    help="continue the run in --out from its checkpoints; finished targets are skipped")
     p.add_argument("--threads", type=_threads, default=2,
                    help=f"torch CPU threads, 1 to {MAX_THREADS} (resume with the same number)")
+    p.add_argument("--no-draw", action="store_true",
+                   help="do not draw each circuit (DIR/target-<t>/circuit.png and .svg; matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
     try:

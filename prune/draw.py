@@ -37,6 +37,7 @@ a second (``bench/draw.py``).
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import textwrap
 from collections.abc import Mapping
@@ -44,7 +45,7 @@ from pathlib import Path
 
 from prune.files import atomic_path
 
-__all__ = ["draw_circuit", "EXTENSIONS"]
+__all__ = ["draw_circuit", "save_circuit_files", "EXTENSIONS"]
 
 EXTENSIONS = (".png", ".svg")
 
@@ -219,6 +220,21 @@ def draw_circuit(circuit, path_stem, *, truth=None, labels: Mapping[str, str] | 
         fig.savefig(tmps[0], format="png", dpi=dpi, metadata={"Software": None})
         fig.savefig(tmps[1], format="svg", metadata={"Date": None})
     return paths
+
+
+def save_circuit_files(circuit, json_path, drawing_stem=None, *, truth=None, labels: Mapping[str, str] | None = None,
+                       relative_to=None) -> dict[str, str]:
+    """Save ``circuit`` as EAP-IG JSON at ``json_path`` and, with ``drawing_stem``, draw it there (against
+    ``truth``, with ``labels``); the paths written, as a table row records them (``{"circuit": ..., "drawing":
+    ...png}``), relative to the folder ``relative_to`` where given (a table JSON's folder, so that the folder
+    can move as a whole). The drawing is made first: whatever it refuses, nothing is written."""
+    drawing = draw_circuit(circuit, drawing_stem, truth=truth, labels=labels)[0] if drawing_stem is not None else None
+    files = {"circuit": circuit.save(json_path)}
+    if drawing is not None:
+        files["drawing"] = drawing
+    if relative_to is None:
+        return {k: str(v) for k, v in files.items()}
+    return {k: os.path.relpath(v, relative_to) for k, v in files.items()}
 
 
 def _figure(circuit, truth, labels: dict, title):

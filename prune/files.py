@@ -16,7 +16,7 @@ import stat
 from pathlib import Path
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "read_json",
-           "save_figure"]
+           "save_figure", "check_writable_folder"]
 
 
 def _create_temp(path: Path) -> Path:
@@ -107,3 +107,22 @@ def save_figure(fig, path: str | Path, *, dpi: int = 120) -> Path:
     finally:
         plt.close(fig)
     return Path(path)
+
+
+def check_writable_folder(path: str | Path, flag: str) -> Path:
+    """Refuse, before any work and without creating anything, a folder ``path`` that could not take files:
+    a file, a link to nothing, or a place whose nearest existing folder is not writable. ``ValueError``
+    names ``flag`` (the argument it came from). Returns ``path`` as a ``Path``."""
+    path = Path(path)
+    if os.path.islink(path) and not path.exists():
+        raise ValueError(f"{flag} {path} is a link to nothing (or a loop of links); choose a folder")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} is a file, not a folder; choose a folder")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{flag} {path}: {probe} is a file, not a folder; choose a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: cannot write in {probe}; choose a writable place")
+    return path

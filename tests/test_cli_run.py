@@ -115,6 +115,9 @@ def test_run_writes_valid_outputs(checkpoints, arch, tmp_path, capsys):
         assert all(isinstance(metrics[k], float) and metrics[k] == metrics[k] for k in ("kl", "logit_difference"))
         assert 0 <= metrics["exact_match"] <= 1 and 0 <= metrics["accuracy"] <= 1
         assert _checkpoint_step(run_dir / "checkpoint.safetensors") == 6  # the final state is kept
+        # The drawing is of this circuit: its title counts its edges.
+        assert (run_dir / "circuit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f": {len(circuit)} of {graph.n_edges} edges" in (run_dir / "circuit.svg").read_text()
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     run = json.loads((out / "run.json").read_text())
     assert run["task"] == "ioi" and run["targets"] == [0.5, 0.9] and run["steps"] == 6
@@ -178,6 +181,19 @@ def test_resume_skips_finished_targets_and_starts_missing_ones(checkpoints, tmp_
     (out / "sweep.png").unlink()
     assert main(_args(model, out, "0.5,0.9", 4, 100, "--resume")) == 0
     assert (out / "sweep.png").is_file()
+
+
+def test_no_draw_writes_no_drawing_and_resume_draws_finished_targets(checkpoints, tmp_path):
+    model, out = checkpoints["llama"], tmp_path / "out"
+    assert main(_args(model, out, "0.5", 2, 100, "--no-draw")) == 0
+    run_dir = out / "target-0.5"
+    assert (run_dir / "circuit.json").is_file() and not list(run_dir.glob("circuit.*g"))
+    before = (run_dir / "circuit.json").read_bytes()
+    assert main(_args(model, out, "0.5", 2, 100, "--resume")) == 0  # finished: only the drawing is made
+    assert (run_dir / "circuit.json").read_bytes() == before
+    n_edges = len(Circuit.load(run_dir / "circuit.json"))
+    assert f": {n_edges} of " in (run_dir / "circuit.svg").read_text()
+    assert (run_dir / "circuit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ------------------------------------------------------------------ errors
@@ -328,7 +344,7 @@ def test_written_files_follow_the_umask(checkpoints, tmp_path):
         assert main(_args(checkpoints["llama"], out, "0.5,0.9", 1)) == 0
         files = [p for p in out.rglob("*") if p.is_file()]
         assert {p.name for p in files} == {"run.json", "sweep.png", "checkpoint.safetensors", "circuit.json",
-                                            "metrics.json"}
+                                            "metrics.json", "circuit.png", "circuit.svg"}
         assert {str(p.relative_to(out)): mode(p) for p in files} == {str(p.relative_to(out)): 0o640 for p in files}
         # The helpers.
         from prune.files import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text

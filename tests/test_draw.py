@@ -2,11 +2,12 @@
 and every refusal made before anything is written."""
 
 import dataclasses
+import json
 import xml.etree.ElementTree as ET
 
 import pytest
 
-from conftest import artifact
+from conftest import artifact, library_case
 from prune import Circuit
 from prune.draw import draw_circuit
 from prune.graph import Graph
@@ -56,3 +57,59 @@ def test_what_cannot_be_drawn_is_refused_and_nothing_is_written(tmp_path):
         with pytest.raises(ValueError, match=message):
             draw_circuit(circuit, tmp_path / "x", **kwargs)
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------- the commands that draw
+def _gt(capsys, *argv) -> tuple[int, str, str]:
+    from groundtruth.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_recover_draw_saves_each_circuit_and_its_drawing_against_the_truth(tmp_path, capsys):
+    draw, report = tmp_path / "drawings", tmp_path / "recovery.json"
+    code, _, err = _gt(capsys, "recover", "reverse", "--ablations", "zero,resample", "--draw", draw,
+                       "--report", report, "--quiet")
+    assert code == 0, err
+    results = json.loads(report.read_text())["results"]
+    assert [r["files"] for r in results] == [
+        {"circuit": f"drawings/reverse-{a}-seed0.json", "drawing": f"drawings/reverse-{a}-seed0.png"}
+        for a in ("zero", "resample")]
+    for r in results:
+        circuit = Circuit.load(tmp_path / r["files"]["circuit"])
+        assert list(circuit.edges) == r["found"] and circuit.ablation == r["ablation"]
+        svg = (tmp_path / r["files"]["drawing"]).with_suffix(".svg").read_text()
+        tp = len(set(r["found"]) & set(r["ground_truth"]))
+        assert f"true positive (in both): {tp}" in svg
+        assert f"missed (reference only): {len(r['only_ground_truth'])}" in svg
+    assert sorted(p.name for p in draw.iterdir()) == sorted(
+        f"reverse-{a}-seed0.{ext}" for a in ("zero", "resample") for ext in ("json", "png", "svg"))
+
+
+def test_check_draw_labels_every_node_with_the_rasp_it_computes(tmp_path, capsys):
+    code, out, err = _gt(capsys, "check", "reverse", "--draw", tmp_path, "--quiet")
+    assert code == 0, err
+    labels = library_case("reverse").compiled.node_labels()
+    for variant in ("semantic", "structural", "functional-zero", "functional-mean", "functional-resample"):
+        svg = (tmp_path / f"reverse-{variant}.svg").read_text()
+        for text in labels.values():  # the first word of each label: the SOp it names (text may wrap after it)
+            assert text.split()[0] in svg, (variant, text)
+        assert Circuit.load(tmp_path / f"reverse-{variant}.json").model == "reverse"
+    assert "drawn: " in out
+
+
+@pytest.mark.parametrize("command", [
+    ["recover", "reverse", "--ablations", "zero"],
+    ["check", "reverse"],
+    ["compare", "--methods", "eap", "--programs", "reverse"],
+])
+def test_a_draw_folder_that_cannot_take_files_is_refused_before_any_work(command, tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for where, needle in ((a_file, "is a file, not a folder"), (a_file / "sub", "is a file, not a folder")):
+        extra = ["--out", tmp_path / "cmp"] if command[0] == "compare" else []
+        code, out, err = _gt(capsys, *command, "--draw", where, "--quiet", *extra)
+        assert code == 2 and err.startswith("error: --draw") and needle in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"] and a_file.read_text() == "x"
