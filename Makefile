@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m groundtruth.cli demo
 
+# tests/test_report.py renders the report page in headless Chromium: `apt-get install -y chromium`
+# (Debian's; Playwright's own downloads are not used), or CHROMIUM=path to another Chromium executable.
 test: $(STAMP)
 	$(PY) -m pytest -q
 

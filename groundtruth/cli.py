@@ -439,7 +439,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_threads, default=DEFAULT_THREADS, help=f"torch CPU threads, 1 to {MAX_THREADS}")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("report", help="one static HTML page of a compare or recovery table, linked to drawings")
+    p.add_argument("table", type=Path, help="compare.json (groundtruth compare --draw) or a recover --report file")
+    p.add_argument("--out", type=Path, default=None, help="the HTML file (default: report.html beside TABLE)")
+    p.add_argument("--title", default=None, help="the page's title")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_report)
     return parser
+
+
+def _cmd_report(args) -> int:
+    from groundtruth.report import cmd_report
+
+    return cmd_report(args)
 
 
 def main(argv=None) -> int:
