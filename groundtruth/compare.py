@@ -132,6 +132,15 @@ def _plot(path: Path, program: str, art, ablation: str, circuits: dict, gt_size:
     return path
 
 
+def _file_stems(names: list[str]) -> dict[str, str]:
+    """A file name per program: ``--programs`` may name artifact folders by path (``/x/count``), whose
+    files must land in the output folders, not beside the artifact; the folder's name, numbered where
+    two folders share one."""
+    base = {n: Path(n).name for n in names}
+    shared = {b for b in base.values() if list(base.values()).count(b) > 1}
+    return {n: f"{b}.{i}" if b in shared else b for i, (n, b) in enumerate(base.items())}
+
+
 def _own_circuit(method, found: dict, model, examples, **kw):
     """``method`` with its own rule (``finalize="own"``), keeping the circuit in ``found``."""
     found["circuit"] = method(model, examples, finalize="own", **kw)
@@ -180,6 +189,7 @@ def compare(methods, ablation: str, *, programs=None, seed: int = 0, out_dir=DEF
     if plot is not None and plot not in names:
         raise ValueError(f"--plot {plot!r} is not among the programs compared ({', '.join(names)})")
     arts = {n: load_artifact(root / n) for n in names}  # fail early on a bad name
+    stems = _file_stems(names)
     if all(not arts[n].functional(ablation) for n in names):
         raise ValueError(f"every {ablation} ground truth of {', '.join(names)} is empty: nothing to compare")
 
@@ -225,9 +235,10 @@ def compare(methods, ablation: str, *, programs=None, seed: int = 0, out_dir=DEF
             circuit = dataclasses.replace(circuit, model=name)
         truth = Circuit(graph=art.model.graph, edges=tuple(gt), ablation=ablation, model=name,
                         d_model=art.model.cfg.d_model, method="ground truth")
+        stem = f"{stems[name]}-{method}"
         rows[-1]["files"] = save_circuit_files(
-            circuit, out_dir / "circuits" / f"{name}-{method}.json",
-            draw / f"{name}-{method}" if draw is not None else None, truth=truth, relative_to=out_dir)
+            circuit, out_dir / "circuits" / f"{stem}.json", draw / stem if draw is not None else None, truth=truth,
+            relative_to=out_dir)
         if name == plot:
             plot_circuits[method] = circuit
 

@@ -566,8 +566,27 @@ def test_16_compare_files_get_the_umask_mode(tmp_path, capsys, umask_022):
     code, _, err = gt(capsys, "compare", "--methods", "eap", "--programs", "count", "--out", tmp_path / "cmp",
                       "--quiet")
     assert code == 0, err
-    assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == ["compare.json", "compare.md"]
-    assert {mode(p) for p in (tmp_path / "cmp").iterdir()} == {0o644}
+    files = sorted(p for p in (tmp_path / "cmp").rglob("*") if p.is_file())
+    assert [str(p.relative_to(tmp_path / "cmp")) for p in files] == ["circuits/count-eap.json", "compare.json",
+                                                                     "compare.md"]
+    assert {mode(p) for p in files} == {0o644}
+
+
+def test_17_compare_of_artifacts_named_by_path_writes_only_into_its_own_folders(tmp_path, capsys):
+    """``--programs /x/count``: the circuit files are named by the folder, inside --out, not beside the artifact
+    (found by the fuzzer: the path went into the file name, and an absolute one replaced --out)."""
+    other = tmp_path / "elsewhere"
+    shutil.copytree(ROOT / "compiled_models" / "count", other / "count")
+    shutil.copytree(ROOT / "compiled_models" / "count", other / "again" / "count")
+    before = sorted(p for p in other.rglob("*"))
+    code, _, err = gt(capsys, "compare", "--methods", "eap", "--programs",
+                      f"{other / 'count'},{other / 'again' / 'count'}", "--out", tmp_path / "cmp",
+                      "--draw", tmp_path / "cmp" / "drawings", "--quiet")
+    assert code == 0, err
+    assert sorted(p for p in other.rglob("*")) == before
+    rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"]
+    assert [r["files"] for r in rows] == [
+        {"circuit": f"circuits/count.{i}-eap.json", "drawing": f"drawings/count.{i}-eap.png"} for i in (0, 1)]
 
 
 @pytest.fixture(scope="module")

@@ -283,6 +283,11 @@ PROGRAMS = (["count", "hist", "count,hist", "@IN@/root_ok/count", " count"],
 COMPARE_OUT = (["@OUT@/cmp", "@OUT@", "@OUT@/a/b", "cmp"], ["", "@IN@/file.txt", "@IN@/fifo"])
 PLOT = (["count"], ["hist", "bogus", "", "@IN@/root_ok/count"])
 BUILD_OUT = (["@OUT@/b", "@OUT@", "@OUT@/a/b/c"], ["", "@IN@/file.txt", "@IN@/fifo"])
+DRAW = (["@OUT@/drawings", "@OUT@", "d"], ["", "@IN@/file.txt", "@IN@/fifo", "@IN@/file.txt/d"])
+# Report tables: none valid among the inputs (a valid one needs a compare run first; test_report.py has those).
+TABLES = ([], ["@IN@/file.txt", "@IN@/fifo", "@IN@/missing", "@IN@/dir.py", "@IN@/root_ok/count/config.json",
+               "@IN@/root_ok/count", "", "."])
+REPORT_OUT = (["@OUT@/r.html", "@OUT@/a/r.html"], ["@OUT@", "", "@IN@/file.txt/r.html", "@IN@/fifo"])
 MODELS = ([], ["@IN@/missing_model", "@IN@/model_noconfig", "@IN@/root_empty", "@IN@/file.txt", "@IN@/fifo", "",
                " ", "./no_such_model_dir", "@IN@/missing/deeper", "~/no_such_model_for_fuzz/x", "@IN@/model_badconfig",
                "@IN@/model_noweights"])
@@ -325,6 +330,8 @@ def recover_argv(draw):
                                           min_size=1, max_size=2))
     options = [unit("--ablations", ABLATIONS, ok), unit("--seeds", SEEDS, ok), unit("--threads", THREADS, ok),
                unit("--report", REPORTS, ok), st.just(["--quiet"]), unit("--pruner", PRUNERS, ok)]
+    if draw(st.integers(0, 4)) == 0:  # a drawing costs a few tenths of a second
+        options.append(unit("--draw", DRAW, ok))
     # The whole library for demo: only pruners that are refused (before or at the first run) keep it small.
     cheap = not demo and all(s in SPECS[0] for s in specs)
     tail = [["--pruner", draw(st.sampled_from(PRUNERS[0] if ok and cheap else PRUNERS[1]
@@ -344,7 +351,8 @@ def compile_argv(draw):
     command, ok = draw(st.sampled_from(["check", "build"])), draw(st.booleans())
     specs = draw(st.lists(st.sampled_from(SPECS[0] + SPECS[1]), max_size=2))
     specs.insert(draw(st.integers(0, len(specs))), draw(st.sampled_from(SPECS[1])))
-    options = [st.just(["--quiet"])] + ([unit("--out", BUILD_OUT, ok)] if command == "build" else [])
+    options = [st.just(["--quiet"])] + ([unit("--out", BUILD_OUT, ok)] if command == "build" else
+                                        [unit("--draw", DRAW, ok)])
     # Never compiled, but were it to be, its artifacts go under the output folder, not into compiled_models/.
     tail = [["--out", draw(st.sampled_from(BUILD_OUT[0] + BUILD_OUT[1]))]] if command == "build" else []
     return draw(assemble([command], specs, options, tail, ok))
@@ -358,13 +366,24 @@ def compare_argv(draw):
                unit("--programs", PROGRAMS, ok)]
     if draw(st.integers(0, 9)) == 0:  # a plot costs a few tenths of a second
         options.append(unit("--plot", PLOT, ok))
+    if draw(st.integers(0, 4)) == 0:
+        options.append(unit("--draw", DRAW, ok))
     tail = [["--methods", draw(st.sampled_from(METHODS[0] if ok else METHODS[0] + METHODS[1]))],
             ["--programs", draw(st.sampled_from(PROGRAMS[0] if ok else PROGRAMS[0] + PROGRAMS[1]))]]
     return draw(assemble(["compare"], [], options, tail, ok))
 
 
+@st.composite
+def report_argv(draw):
+    ok = draw(st.booleans())
+    table = draw(st.sampled_from(TABLES[1]))
+    options = [unit("--out", REPORT_OUT, ok), unit("--title", (["t", "a <b> & c"], ["", "\u202e"]), ok),
+               st.just(["--quiet"])]
+    return draw(assemble(["report"], [table], options, [], ok))
+
+
 GROUNDTRUTH_ARGV = st.one_of(
-    recover_argv(), recover_argv(), table_argv(), compile_argv(), compare_argv(), compare_argv(),
+    recover_argv(), recover_argv(), table_argv(), compile_argv(), compare_argv(), compare_argv(), report_argv(),
     st.lists(GARBAGE, max_size=3),  # no or an unknown subcommand
     st.sampled_from([["--help"], ["recover", "--help"], ["table", "-h"], ["-h", "bogus"], ["compare", "--help"]]),
 )
