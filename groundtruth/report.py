@@ -42,7 +42,7 @@ import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
-from prune.files import atomic_write_text, read_json
+from prune.files import atomic_write_text, check_writable_folder, read_json
 
 __all__ = ["write_report", "cmd_report", "chromium", "CHROMIUM_ARGS", "DEFAULT_NAME"]
 
@@ -213,13 +213,7 @@ def _out(table: Path, out) -> Path:
     if out.exists() and out.resolve() == table.resolve():
         raise ValueError(f"--out {out} is the table itself; give another file name, e.g. "
                          f"{table.parent / DEFAULT_NAME}")
-    probe = out.parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ValueError(f"--out {out}: {probe} is a file, not a folder; choose a file in a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out}: cannot write in {probe}; choose a writable place")
+    check_writable_folder(out.parent, f"--out {out}: its folder")
     return out
 
 

@@ -224,6 +224,7 @@ def test_bad_inputs_are_refused_before_anything_is_written(compared, tmp_path):
         (moved / "elsewhere.json", None, r"row 1 \(.*\) links to the circuit JSON .*moved/circuits/"),
         (good, tmp_path / "cmp", "--out .*cmp is a folder; give a file name"),
         (good, good, "is the table itself"),
+        (good, good / "sub" / "r.html", "its folder .*compare.json/sub: .*compare.json is a file, not a folder"),
     ]
     svg = (good.parent / row["files"]["drawing"]).with_suffix(".svg")
     before = _tree(tmp_path)
