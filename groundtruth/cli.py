@@ -206,23 +206,24 @@ def cmd_check(args) -> int:
     from prune.draw import save_circuit_files
 
     draw = _drawing_folder(args.draw)
-    rows, failed = [], False
+    rows, failed, drawings = [], False, []
     for prog, case in _cases(_programs(args.specs), args.quiet):
         rows.append(_case_row(case))
         for variant, edges in case.circuits.items():
             print(f"{prog.name} {variant} ({len(edges)} edges): {', '.join(edges) or '-'}")
             if draw is not None:
-                ablation = variant.partition(":")[2]
-                circuit = Circuit(graph=case.model.graph, edges=tuple(edges), ablation=ablation, model=prog.name,
-                                  d_model=case.model.cfg.d_model, method=f"ground truth ({variant})")
-                stem = draw / _file_stem(prog.name, variant)
-                files = save_circuit_files(circuit, f"{stem}.json", stem, labels=case.compiled.node_labels())
-                print(f"  drawn: {files['drawing']} (and .svg), circuit {files['circuit']}")
+                circuit = Circuit(graph=case.model.graph, edges=tuple(edges), ablation=variant.partition(":")[2],
+                                  model=prog.name, d_model=case.model.cfg.d_model, method=f"ground truth ({variant})")
+                drawings.append((circuit, draw / _file_stem(prog.name, variant), case.compiled.node_labels()))
         for ablation, v in case.verifications.items():
             if not v.ok:
                 failed = True
                 print(f"{prog.name} functional:{ablation} NOT verified: reproduces "
                       f"{v.n_reproduced}/{v.n_examples}, inert {v.inert}")
+    # Drawn once every program has compiled and verified: a program refused on the way leaves no drawing behind.
+    for circuit, stem, labels in drawings:
+        files = save_circuit_files(circuit, f"{stem}.json", stem, labels=labels)
+        print(f"drawn: {files['drawing']} (and .svg), circuit {files['circuit']}")
     _print_table(rows)
     return 1 if failed else 0
 
@@ -320,7 +321,7 @@ def cmd_recover(args) -> int:
     torch.set_num_threads(args.threads)
     ablations, seeds = args.ablations, args.seeds
     targets = _targets(args.specs)
-    results, skipped, rows, files = [], [], [], {}
+    results, skipped, rows, models = [], [], [], []
     runs = [(t, a, s) for t in targets for a in ablations for s in seeds]
     # leave=False: the bar clears itself, so a refusal mid-run leaves only its one error line on stderr
     bar = tqdm(runs, desc="recovery", disable=args.quiet, leave=False, file=sys.stderr)
@@ -333,13 +334,14 @@ def cmd_recover(args) -> int:
                 skipped.append(f"{name} ({ablation}: the ground truth is empty, nothing to recover)")
             continue
         result = recover(name, model, examples, gt, ablation=ablation, seed=seed, pruner=pruner)
-        if draw is not None:
-            files[len(results)] = _draw_recovery(result, model, draw, args.report)
         results.append(result)
+        models.append(model)
         rows.append(result.row())
     if not results:
         raise UsageError(f"nothing to recover: every ground truth asked for is empty ({'; '.join(skipped)}); "
                          f"choose other programs or ablations")
+    # Drawn once every run is done: a refusal on the way (a pruner that raises) leaves no drawing behind.
+    files = [_draw_recovery(r, m, draw, args.report) for r, m in zip(results, models, strict=True)] if draw else []
     _print_table(rows)
     for s in skipped:
         print(f"skipped: {s}")
@@ -352,7 +354,7 @@ def cmd_recover(args) -> int:
     if args.report:
         report = {"pruner": args.pruner, "ablations": ablations, "seeds": seeds, "exact": exact,
                   "runs": len(results), "skipped": skipped,
-                  "results": [{**r.to_dict(), **({"files": files[i]} if i in files else {})}
+                  "results": [{**r.to_dict(), **({"files": files[i]} if files else {})}
                               for i, r in enumerate(results)]}
         atomic_write_text(args.report, json.dumps(report, indent=1) + "\n")
         print(f"report: {args.report}")

@@ -193,7 +193,7 @@ def compare(methods, ablation: str, *, programs=None, seed: int = 0, out_dir=DEF
     if all(not arts[n].functional(ablation) for n in names):
         raise ValueError(f"every {ablation} ground truth of {', '.join(names)} is empty: nothing to compare")
 
-    rows, skipped, plot_circuits = [], [], {}
+    rows, skipped, plot_circuits, to_save = [], [], {}, []
     runs = [(n, m) for n in names for m in fns]
     for name, method in tqdm(runs, desc="compare", disable=quiet, file=sys.stderr, leave=False):
         art = arts[name]
@@ -235,13 +235,14 @@ def compare(methods, ablation: str, *, programs=None, seed: int = 0, out_dir=DEF
             circuit = dataclasses.replace(circuit, model=name)
         truth = Circuit(graph=art.model.graph, edges=tuple(gt), ablation=ablation, model=name,
                         d_model=art.model.cfg.d_model, method="ground truth")
-        stem = f"{stems[name]}-{method}"
-        rows[-1]["files"] = save_circuit_files(
-            circuit, out_dir / "circuits" / f"{stem}.json", draw / stem if draw is not None else None, truth=truth,
-            relative_to=out_dir)
+        to_save.append((rows[-1], circuit, truth, f"{stems[name]}-{method}"))
         if name == plot:
             plot_circuits[method] = circuit
 
+    # Saved once every method has run: a refusal on the way leaves no circuit or drawing behind.
+    for row, circuit, truth, stem in to_save:
+        row["files"] = save_circuit_files(circuit, out_dir / "circuits" / f"{stem}.json",
+                                          draw / stem if draw is not None else None, truth=truth, relative_to=out_dir)
     md = _markdown(rows)
     if skipped:
         md += f"\nskipped ({ablation} ground truth empty): {', '.join(skipped)}\n"

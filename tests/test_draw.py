@@ -113,3 +113,27 @@ def test_a_draw_folder_that_cannot_take_files_is_refused_before_any_work(command
         code, out, err = _gt(capsys, *command, "--draw", where, "--quiet", *extra)
         assert code == 2 and err.startswith("error: --draw") and needle in err and err.count("\n") == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"] and a_file.read_text() == "x"
+
+
+_CALLS = []
+
+
+def second_call_fails(model, examples, *, ablation, seed):
+    """The library's ground truth the first time, a refusal (garbage) the second: a pruner that fails mid-run."""
+    from prune.circuit import Circuit
+
+    _CALLS.append(1)
+    if len(_CALLS) % 2 == 0:
+        return "not a circuit"
+    truth = artifact("reverse").functional(ablation)
+    return Circuit(graph=model.graph, edges=tuple(truth), ablation=ablation, model="", d_model=model.cfg.d_model)
+
+
+def test_a_recovery_refused_mid_run_leaves_no_drawing(tmp_path, capsys):
+    _CALLS.clear()
+    code, _, err = _gt(capsys, "recover", "reverse", "sort", "--ablations", "zero", "--pruner",
+                       f"{__name__}:second_call_fails", "--draw", tmp_path / "d", "--report", tmp_path / "r.json",
+                       "--quiet")
+    assert len(_CALLS) == 2, "the first run must have finished (and could have been drawn) before the refusal"
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
