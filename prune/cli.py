@@ -141,9 +141,11 @@ def circuit_metrics(model, task, circuit, ablation: str) -> dict:
 
 
 def _tokenizer_for(model_spec: str, model_type: str):
+    """The checkpoint folder's own tokenizer where it has one; else GPT-2's for a GPT-2 model."""
+    from prune.loaders import has_tokenizer
     from prune.tasks import gpt2_tokenizer
 
-    if model_type == "gpt2":
+    if model_type == "gpt2" and not has_tokenizer(model_spec):
         return gpt2_tokenizer()
     from transformers import AutoTokenizer
 
@@ -293,6 +295,19 @@ def _check_model(spec: str) -> None:
         raise UsageError(f"--model: {err}") from None
 
 
+def _check_trained_on(spec: str, task: str) -> None:
+    """Refuse a task that a model shipped with its training record (``training.json``) was not trained on."""
+    from prune import loaders
+
+    try:
+        trained = loaders.trained_tasks(spec)
+    except ValueError as err:
+        raise UsageError(f"--model: {err}") from None
+    if trained is not None and task not in trained:
+        raise UsageError(f"--task {task}: {spec} was trained on {', '.join(trained)} only (its training.json); "
+                         f"choose one of those, or a model that has learned {task}")
+
+
 def cmd_run(args) -> int:
     from prune.edge_pruning import language_model_config
     from prune.tasks import TASKS
@@ -313,6 +328,7 @@ def cmd_run(args) -> int:
     except ValueError as err:
         raise UsageError(f"{err}") from None
     _check_model(args.model)
+    _check_trained_on(args.model, args.task)
     run_dirs = [args.out / name for name in names]
     record = {"model": _model_key(args.model), "task": args.task, "n": args.n, "seed": args.seed,
               "ablation": args.ablation, "dtype": args.dtype, "steps": args.steps, "batch_size": args.batch_size,

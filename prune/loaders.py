@@ -42,7 +42,7 @@ from prune.model import Transformer, TransformerConfig
 
 __all__ = [
     "SUPPORTED", "from_hf", "convert", "transformer_config", "model_type_of",
-    "estimate_params", "estimate_bytes", "check_memory", "available_bytes",
+    "estimate_params", "estimate_bytes", "check_memory", "available_bytes", "has_tokenizer", "trained_tasks",
 ]
 
 SUPPORTED: tuple[str, ...] = ("gpt2", "llama")
@@ -420,6 +420,36 @@ def _local_folder(path) -> Path | None:
     return None
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def has_tokenizer(spec) -> bool:
+    """Whether ``spec`` is a local checkpoint folder that carries its own tokenizer files."""
+    local = _local_folder(spec)
+    return local is not None and any((local / f).is_file() for f in TOKENIZER_FILES)
+
+
+def trained_tasks(spec) -> tuple[str, ...] | None:
+    """The tasks a model was trained on, from ``training.json`` in its folder (None: no such record).
+
+    The models in ``models/`` carry one (``models/train.py`` writes it); other checkpoints do not.
+    """
+    import json
+
+    local = _local_folder(spec)
+    if local is None or not (local / "training.json").is_file():
+        return None
+    path = local / "training.json"
+    try:
+        tasks = json.loads(path.read_text())["tasks"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} has no readable list of tasks ({_one_line(err)}); restore it from the "
+                         f"repository or delete it") from None
+    if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+        raise ValueError(f"{path}: 'tasks' must be a list of task names, got {tasks!r}")
+    return tuple(tasks)
+
+
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
@@ -485,6 +515,12 @@ def _load_weights(where: str, local: Path | None, dtype):
     from transformers.utils import logging as hf_logging
 
     files = _weight_files(local) if local is not None else {}
+    if local is not None and not files:
+        pickles = sorted(f.name for f in local.glob("*.bin")) + sorted(f.name for f in local.glob("*.pt*"))
+        found = f" (it has {', '.join(pickles)}: pickles, which are never loaded)" if pickles else ""
+        raise FileNotFoundError(
+            f"{local} has no model.safetensors or model.safetensors.index.json{found}; save the checkpoint "
+            f"with save_pretrained(folder, safe_serialization=True)")
     for f in sorted(set(files.values())):
         _check_safetensors(f)
     verbosity = hf_logging.get_verbosity()
@@ -492,6 +528,7 @@ def _load_weights(where: str, local: Path | None, dtype):
     try:
         hf, info = AutoModelForCausalLM.from_pretrained(
             where, local_files_only=local is not None, ignore_mismatched_sizes=True, output_loading_info=True,
+            use_safetensors=True,
             **_from_pretrained_kwargs(dtype))
     except (OSError, MemoryError):
         raise
