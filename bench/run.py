@@ -149,13 +149,19 @@ def _one_measurement(kind: str, shape: str, batch: int, length: int, steps: int,
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     dev = torch.device(device)
-    cfg = TransformerConfig(**SHAPES[shape])
-    model = Transformer(cfg).to(dev)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.normal_(0, 0.02)
-            if name.endswith(".weight") and (".ln" in name or name.startswith("ln_f.")):
-                p.fill_(1.0)  # norm gains
+    if shape in SHAPES:
+        cfg = TransformerConfig(**SHAPES[shape])
+        model = Transformer(cfg).to(dev)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.normal_(0, 0.02)
+                if name.endswith(".weight") and (".ln" in name or name.startswith("ln_f.")):
+                    p.fill_(1.0)  # norm gains
+    else:  # a checkpoint folder (models/gpt2-ioi-gt): its trained weights
+        from prune.loaders import from_hf
+
+        model = from_hf(shape).to(dev)
+        cfg = model.cfg
     V = cfg.vocab_size
     clean = torch.randint(0, V, (batch, length), device=dev)
     target = torch.randint(0, V, (batch, length), device=dev)
@@ -253,7 +259,8 @@ def main(argv=None):
     parser.add_argument("--programs", help="library: only these programs, comma-separated")
     parser.add_argument("--config", type=json.loads, default=None,
                         help='library: EdgePruningConfig fields to change, as JSON, e.g. \'{"steps": 150}\'')
-    parser.add_argument("--model", default="gpt2,llama", help="step: model shapes, comma-separated (gpt2, llama)")
+    parser.add_argument("--model", default="gpt2,llama",
+                        help="step: model shapes (gpt2, llama) or checkpoint folders (models/gpt2-ioi-gt)")
     parser.add_argument("--shapes", type=_shapes, default="8x32,32x64", help="step: batch x length, comma-separated")
     parser.add_argument("--steps", type=positive_int, default=5,
                         help="timed steps per step measurement (the first is a warm-up)")
@@ -264,9 +271,9 @@ def main(argv=None):
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     models = args.model.split(",")
-    unknown = [m for m in models if m not in SHAPES]
+    unknown = [m for m in models if m not in SHAPES and not (Path(m) / "config.json").is_file()]
     if unknown:
-        parser.error(f"unknown --model {unknown}; choose from {list(SHAPES)}")
+        parser.error(f"unknown --model {unknown}; choose from {list(SHAPES)} or give a checkpoint folder")
     if args.device != "cpu":
         import torch
 

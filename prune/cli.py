@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 
 from prune._cli import ArgumentParser, nonempty, parse_fractions, parse_int, positive_int, random_seed, run_command
-from prune.files import atomic_write_json, read_json
+from prune.files import atomic_write_json, check_writable_folder, read_json
 from prune.graph import CONVENTIONS
 
 __all__ = ["OUTPUTS", "circuit_metrics", "main", "remove_stale_temp_files", "target_folder"]
@@ -484,9 +484,82 @@ def _threads(text: str) -> int:
     return parse_int(text, "", minimum=1, maximum=MAX_THREADS)
 
 
+def cmd_mib_export(args) -> int:
+    """Circuit files (this project's or EAP-IG's) into MIB's circuit-track submission layout."""
+    from prune import mib
+    from prune.circuit import Circuit, CircuitFileError
+    from prune.tasks import TASKS
+
+    if args.task not in TASKS:
+        raise UsageError(f"--task {args.task!r}: unknown; choose one of {', '.join(TASKS)}")
+    try:
+        check_writable_folder(args.out, "--out")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    paths = [Path(f) for f in args.circuits]
+    seen: set[str] = set()
+    for path in paths:
+        if os.path.abspath(path) in seen:
+            raise UsageError(f"circuit file {path} is given twice; give each file once")
+        seen.add(os.path.abspath(path))
+    circuits = []
+    for path in paths:
+        try:
+            circuits.append(Circuit.load(path))
+        except (CircuitFileError, ValueError) as err:
+            raise UsageError(str(err)) from None
+    graphs = {(c.graph.n_layers, c.graph.n_heads, c.graph.conventions) for c in circuits}
+    if len(graphs) > 1:
+        raise UsageError(f"the circuit files are of different graphs (layers, heads, conventions): {sorted(graphs)}")
+    (_, _, conventions), = graphs
+    if conventions != "eap-ig" and not args.any_conventions:
+        raise UsageError(f"{paths[0]} was found under {conventions!r} writer conventions; MIB evaluates under "
+                         f"EAP-IG's (docs/conventions.md): find it with --conventions eap-ig, or pass "
+                         f"--any-conventions to export it anyway")
+    mode = args.mode or ("scores" if len(circuits) == 1 else "circuits")
+    n = circuits[0].graph.n_edges
+    try:
+        if mode == "scores":
+            if len(circuits) != 1:
+                raise UsageError(f"--mode scores takes one circuit file (its scores rank every edge), got {len(paths)}")
+            try:
+                folder = mib.write_submission(args.out, method=args.method, task=args.task, model=args.model_name,
+                                              scores=circuits[0])
+            except (ValueError, OSError) as err:
+                raise UsageError(str(err)) from None
+            print(f"{folder}/importances.json: the scores of {paths[0]} ({n} edges)")
+            return 0
+        chosen = {}
+        for p in mib.PERCENTAGES[:-1]:
+            fitting = [(len(c), i) for i, c in enumerate(circuits) if len(c) <= int(p * n)]
+            chosen[p] = max(fitting)[1] if fitting else None
+        empty = circuits[0].__class__(graph=circuits[0].graph, edges=(), ablation=circuits[0].ablation,
+                                      model=circuits[0].model, d_model=circuits[0].d_model, method="empty")
+        folder = mib.write_submission(args.out, method=args.method, task=args.task, model=args.model_name,
+                                      circuits={p: empty if i is None else circuits[i] for p, i in chosen.items()})
+    except (ValueError, OSError) as err:  # a refused circuit or name; a folder that exists or cannot be made
+        raise UsageError(str(err)) from None
+    for p, i in chosen.items():
+        what = "empty (no given circuit is that small)" if i is None else f"{paths[i]} ({len(circuits[i])} edges)"
+        print(f"{folder}/{p:g}.json: at most {int(p * n)} of {n} edges: {what}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="prune", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("mib-export", help="circuit files into MIB's circuit-track submission layout")
+    e.add_argument("circuits", nargs="+", help="circuit JSON files (prune run's circuit.json, EAP-IG's files)")
+    e.add_argument("--task", required=True, help="the task they were found on (its folder name in MIB's layout)")
+    e.add_argument("--model-name", required=True, type=nonempty, help="the model's name in MIB's layout (no '_')")
+    e.add_argument("--method", required=True, type=nonempty, help="the method's folder name")
+    e.add_argument("--out", type=_out_folder, required=True, help="writes OUT/METHOD/TASK_MODEL/")
+    e.add_argument("--mode", choices=["scores", "circuits"],
+                   help="scores: one file's scores as importances; circuits: for each of MIB's nine fractions "
+                        "the largest given circuit within it (default: scores for one file, circuits for several)")
+    e.add_argument("--any-conventions", action="store_true",
+                   help="export circuits found under this project's writer conventions too")
+    e.set_defaults(func=cmd_mib_export)
     p = sub.add_parser("run", help="Edge Pruning on a Hugging Face model and a task")
     p.add_argument("--model", required=True, type=nonempty, help="local checkpoint folder or hub name")
     p.add_argument("--task", required=True)
@@ -513,7 +586,7 @@ def main(argv=None) -> int:
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:  # refused by the subcommand's parser, so that its --help is the one named
-            which = p if getattr(args, "command", None) == "run" else parser
+            which = {"run": p, "mib-export": e}.get(getattr(args, "command", None), parser)
             which.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as done:  # --help, or a refusal ArgumentParser.error has printed
         return done.code if isinstance(done.code, int) else 0 if done.code is None else 2

@@ -46,6 +46,7 @@ import torch
 from prune.baselines import top_k_mask
 from prune.circuit import Circuit
 from prune.evaluate import Evaluator
+from prune.files import check_writable_folder
 from prune.graph import Graph
 
 __all__ = ["PERCENTAGES", "MIB_COMMIT", "faithfulness", "areas", "circuit_at", "Curve", "faithfulness_curve",
@@ -175,6 +176,7 @@ def write_submission(out: str | Path, *, method: str, task: str, model: str,
     if "_" in model:
         raise ValueError(f"model {model!r} must not contain '_': it separates task and model in MIB's folder names")
     folder = Path(out) / method / f"{task.replace('_', '-')}_{model}"
+    check_writable_folder(folder, "the submission folder")
     if folder.exists():
         raise FileExistsError(f"{folder} exists; MIB reads every file in it, so write into a new folder")
     if scores is not None:

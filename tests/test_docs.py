@@ -72,6 +72,7 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     """Every ```python block of the README, in order, in one namespace, from a scratch folder
     (so nothing the blocks write can land in the repository)."""
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").symlink_to(ROOT / "models")  # the README's paths are a clone's: models/gpt2-ioi-gt
     namespace: dict = {"__name__": "__readme__"}
     for line, source in python_blocks(README):
         filename = f"<README.md:{line}>"

@@ -118,6 +118,15 @@ def inputs(tmp_path_factory) -> Path:
     for name, config in (("model_badconfig", "{}"), ("model_noweights", '{"model_type": "gpt2"}')):
         (d / name).mkdir()  # past the path checks: refused when it loads (after --out is made and locked)
         (d / name / "config.json").write_text(config)
+    from prune.circuit import Circuit
+    from prune.graph import Graph
+
+    for name, layers, conventions, edges in (("c_scored", 1, "eap-ig", ()), ("c_one", 1, "eap-ig", ("input->logits",)),
+                                             ("c_ours", 1, "ours", ()), ("c_other", 2, "eap-ig", ())):
+        g = Graph(n_layers=layers, n_heads=2, conventions=conventions)
+        Circuit(graph=g, edges=edges, ablation="resample", model="toy", d_model=4, method="fuzz",
+                scores=tuple(float(i) for i in range(g.n_edges))).save(d / f"{name}.json")
+    (d / "c_broken.json").write_text('{"cfg": {"n_layers": 1}}')
     progs = d / "progs"
     progs.mkdir()
     tiny = ('from tracr.rasp import rasp\nfrom groundtruth import program\n\n'
@@ -407,6 +416,37 @@ def prune_argv(draw):
     return draw(assemble(head, [], options, tail, ok, required))
 
 
+CIRCUIT_FILES = (["@IN@/c_scored.json", "@IN@/c_one.json"],
+                 ["@IN@/c_ours.json", "@IN@/c_other.json", "@IN@/c_broken.json", "@IN@/fifo", "@IN@/file.txt",
+                  "@IN@/missing.json", "@IN@"])
+MIB_OUT = ["@OUT@/mib", "@OUT@", "@OUT@/a/b"], ["", "@IN@/file.txt", "@IN@/fifo", "@IN@/file.txt/x"]
+NAMES = (["toy", "ep", "eap-ig"], ["", " ", "a/b", ".", "..", "my_model"])
+
+
+@st.composite
+def mib_export_argv(draw):
+    """``prune mib-export`` lists; every output lands under the example's own folder (no garbage for --out)."""
+    ok = draw(st.booleans())
+    files = draw(st.lists(st.sampled_from(CIRCUIT_FILES[0] if ok else CIRCUIT_FILES[0] + CIRCUIT_FILES[1]),
+                          min_size=1 if ok else 0, max_size=3))
+    out = draw(st.sampled_from(MIB_OUT[0] if ok else MIB_OUT[0] + MIB_OUT[1]))
+    required = (unit("--task", TASKS, ok), unit("--model-name", NAMES, ok), unit("--method", NAMES, ok))
+    options = [unit("--mode", (["scores", "circuits"], ["", "both"]), ok), st.just(["--any-conventions"])]
+    if not ok:
+        options, required = [*options, *required], ()
+    return draw(assemble(["mib-export"], files, options, [["--out", out]], ok, required))
+
+
+def _fuzz_mib_export(inputs, argv):
+    with tempfile.TemporaryDirectory(prefix="fuzz_out_") as tmp:
+        code, out, _ = check_contract(prune_main, substitute(argv, inputs, Path(tmp)), Path(tmp), inputs)
+        assert code in (0, 2), f"prune {argv!r} -> {code}"
+        if code == 0 and not any(a in ("-h", "--help") or a.startswith("--h") for a in argv):
+            written = sorted(p for p in Path(tmp).rglob("*.json"))
+            assert written and all(str(p) in out for p in written if p.name != "importances.json") or \
+                [p.name for p in written] == ["importances.json"], (argv, out, written)
+
+
 def _fuzz_groundtruth(inputs, argv):
     with tempfile.TemporaryDirectory(prefix="fuzz_out_") as tmp:
         check_contract(gt_main, substitute(argv, inputs, Path(tmp)), Path(tmp), inputs)
@@ -432,6 +472,11 @@ def test_fuzz_groundtruth_arguments(inputs, profile):
 @pytest.mark.parametrize("profile", PROFILES)
 def test_fuzz_prune_run_arguments(inputs, profile):
     given(argv=prune_argv())(profile("prune")(lambda argv: _fuzz_prune(inputs, argv)))()
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_fuzz_prune_mib_export_arguments(inputs, profile):
+    given(argv=mib_export_argv())(profile("prune")(lambda argv: _fuzz_mib_export(inputs, argv)))()
 
 
 # ------------------------------------------------------- artifact corruption

@@ -151,3 +151,70 @@ def test_a_submission_is_refused_before_anything_is_written(toy, tmp_path):
     mib.write_submission(tmp_path, method="eap", task="ioi", model="tiny", scores=good)
     with pytest.raises(FileExistsError, match="MIB reads every file"):
         mib.write_submission(tmp_path, method="eap", task="ioi", model="tiny", scores=good)
+
+
+# ------------------------------------------------------------ prune mib-export
+def _saved(tmp_path, name, edges, conventions="eap-ig", scores=None):
+    from prune.graph import Graph
+
+    g = Graph(n_layers=1, n_heads=2, conventions=conventions)
+    return Circuit(graph=g, edges=tuple(edges), ablation="resample", model="toy", d_model=4, scores=scores,
+                   method="edge_pruning").save(tmp_path / f"{name}.json")
+
+
+def _export(capsys, *argv):
+    from prune.cli import main
+
+    code = main(["mib-export", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_mib_export_writes_importances_from_one_file(tmp_path, capsys):
+    scores = tuple(float(i) for i in range(13))
+    f = _saved(tmp_path, "scored", ["m0->logits"], scores=scores)
+    code, out, _ = _export(capsys, f, "--task", "ioi", "--model-name", "toy", "--method", "ep", "--out", tmp_path / "o")
+    assert code == 0 and "importances.json" in out
+    d = json.loads((tmp_path / "o" / "ep" / "ioi_toy" / "importances.json").read_text())
+    assert [v["score"] for v in d["edges"].values()] == list(scores)
+
+
+def test_mib_export_places_the_largest_circuit_within_each_fraction(tmp_path, capsys):
+    one = _saved(tmp_path, "one", ["input->logits"])
+    three = _saved(tmp_path, "three", ["input->logits", "input->a0.h1<v>", "a0.h1->logits"])
+    code, out, _ = _export(capsys, one, three, "--task", "greater_than", "--model-name", "toy", "--method", "ep",
+                           "--out", tmp_path / "o")
+    assert code == 0
+    folder = tmp_path / "o" / "ep" / "greater-than_toy"
+    # int(p * 13): 0 up to 5% (empty), 1 at 10% and 2 at 20% (the one-edge circuit), 6 at 50% (the three-edge one).
+    sizes = {f.name: sum(v["in_graph"] for v in json.loads(f.read_text())["edges"].values()) for f in folder.iterdir()}
+    assert sizes == {"0.001.json": 0, "0.002.json": 0, "0.005.json": 0, "0.01.json": 0, "0.02.json": 0,
+                     "0.05.json": 0, "0.1.json": 1, "0.2.json": 1, "0.5.json": 3}
+    assert "0.5.json: at most 6 of 13 edges: " + str(three) in out
+
+
+def test_mib_export_refusals_write_nothing(tmp_path, capsys):
+    ours = _saved(tmp_path, "ours", ["input->logits"], conventions="ours")
+    good = _saved(tmp_path, "good", ["input->logits"])
+    from prune.graph import Graph
+
+    other = Circuit(graph=Graph(n_layers=2, n_heads=2, conventions="eap-ig"), edges=(), ablation="resample",
+                    model="toy", d_model=4).save(tmp_path / "other.json")
+    out = tmp_path / "o"
+    common = ["--model-name", "toy", "--method", "ep", "--out", out]
+    cases = [
+        ([good, "--task", "nope", *common], "unknown; choose one of"),
+        ([ours, "--task", "ioi", *common], "found under 'ours' writer conventions"),
+        ([good, other, "--task", "ioi", *common], "different graphs"),
+        ([good, good, "--task", "ioi", *common], "given twice"),
+        ([tmp_path / "missing.json", "--task", "ioi", *common], "missing.json"),
+        ([good, "--task", "ioi", "--model-name", "my_model", "--method", "ep", "--out", out], "must not contain '_'"),
+        ([good, other, "--mode", "scores", "--task", "ioi", *common], "different graphs"),
+    ]
+    for argv, message in cases:
+        code, _, err = _export(capsys, *argv)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert not out.exists()
+    assert _export(capsys, ours, "--any-conventions", "--task", "ioi", *common)[0] == 0
+    code, _, err = _export(capsys, ours, "--any-conventions", "--task", "ioi", *common)
+    assert code == 2 and "exists" in err
