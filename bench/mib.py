@@ -197,6 +197,39 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
     return paths
 
 
+def markdown(record: dict) -> str:
+    """The CPR / CMD table and the per-fraction faithfulness of a recorded run, as markdown."""
+    order = ["edge_pruning", "eap_ig", "eap", "acdc", "random"]
+    lines = ["| model | task | edges | " + " | ".join(f"{m} CPR / CMD" for m in order) + " |",
+             "|---|---|---|" + "---|" * len(order)]
+    for r in record["rows"]:
+        cells = [f"{r['methods'][m]['cpr']['cpr']:.3f} / {r['methods'][m]['cmd']['cmd']:.3f}" for m in order]
+        lines.append(f"| {r['model']} | {r['task']} | {r['edges']} | " + " | ".join(cells) + " |")
+    lines += ["", "Faithfulness at each fraction (signed ranking, CPR's circuits; edges in brackets):", ""]
+    ps = record["percentages"]
+    lines += ["| model | task | method | " + " | ".join(f"{100 * p:g}%" for p in ps) + " |",
+              "|---|---|---|" + "---|" * len(ps)]
+    for r in record["rows"]:
+        for m in order:
+            c = r["methods"][m]["cpr"]
+            cells = [f"{f:.2f} ({e:g})" for f, e in zip(c["faithfulness"], c["edges"], strict=True)]
+            lines.append(f"| {r['model']} | {r['task']} | {m} | " + " | ".join(cells) + " |")
+    lines += ["", "Edge Pruning's own thresholded circuits (log-alpha > 0), per target 1 - p:", "",
+              "| model | task | " + " | ".join(f"{100 * p:g}%" for p in ps[2:-1]) + " |",
+              "|---|---|" + "---|" * len(ps[2:-1])]
+    for r in record["rows"]:
+        own = r["methods"]["edge_pruning"]["own"]
+        cells = [f"{own[k]['faithfulness']:.2f} ({own[k]['edges']})" if k in own else "-"
+                 for k in (str(p) if isinstance(next(iter(own)), str) else p for p in ps[2:-1])]
+        lines.append(f"| {r['model']} | {r['task']} | " + " | ".join(cells) + " |")
+    lines += ["", "Seconds per method (finding the circuits; Edge Pruning: all its runs):", "",
+              "| model | task | " + " | ".join(order[:-1]) + " |", "|---|---|" + "---|" * (len(order) - 1)]
+    for r in record["rows"]:
+        lines.append(f"| {r['model']} | {r['task']} | " + " | ".join(f"{r['methods'][m]['seconds']:.1f}"
+                                                                   for m in order[:-1]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="gpt2-ioi-gt,llama-ioi-gt")
@@ -207,7 +240,11 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=ROOT / "out" / "mib.json")
     p.add_argument("--plots", type=Path, help="folder for one figure per model")
     p.add_argument("--submission", type=Path, help="also write MIB's submission folders here (must not exist)")
+    p.add_argument("--markdown", type=Path, metavar="JSON", help="only print the tables of a recorded --json file")
     args = p.parse_args(argv)
+    if args.markdown is not None:
+        print(markdown(json.loads(args.markdown.read_text())), end="")
+        return 0
     torch.set_num_threads(args.threads)
     if args.submission is not None and args.submission.exists():
         print(f"bench/mib.py: --submission {args.submission} exists; choose a new folder", file=sys.stderr)

@@ -28,6 +28,11 @@ class Examples:
       kind: ``categorical`` outputs are argmax labels compared exactly;
         ``numerical`` outputs are the single logit, compared within ``atol``.
       atol: tolerance for numerical outputs.
+      answer_tokens: ``[N, 2]`` token ids (correct, incorrect) for a task with
+        one right and one competing answer (the language-model tasks). When
+        given, the gradient methods' metric is their logit difference at the
+        answer positions (EAP-IG's and MIB's), not the log-probability of the
+        full model's label, which saturates on a confident model.
     """
 
     clean: torch.Tensor
@@ -36,6 +41,7 @@ class Examples:
     answer: torch.Tensor
     kind: OutputKind = "categorical"
     atol: float = 1e-3
+    answer_tokens: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.clean.ndim != 2:
@@ -51,6 +57,10 @@ class Examples:
                 )
         if self.kind not in ("categorical", "numerical"):
             raise ValueError(f"kind must be 'categorical' or 'numerical', got {self.kind!r}")
+        t = self.answer_tokens
+        if t is not None and (t.shape != (len(self.clean), 2) or t.dtype != torch.long or self.kind != "categorical"):
+            raise ValueError(f"answer_tokens must be [N, 2] = [{len(self.clean)}, 2] token ids (correct, incorrect) "
+                             f"of categorical examples, got {t.dtype} {tuple(t.shape)} for kind={self.kind!r}")
 
     def __len__(self) -> int:
         return len(self.clean)
@@ -59,12 +69,14 @@ class Examples:
         return dataclasses.replace(
             self, clean=self.clean[index], corrupted=self.corrupted[index],
             valid=self.valid[index], answer=self.answer[index],
+            answer_tokens=None if self.answer_tokens is None else self.answer_tokens[index],
         )
 
     def to(self, device) -> Examples:
         return dataclasses.replace(
             self, clean=self.clean.to(device), corrupted=self.corrupted.to(device),
             valid=self.valid.to(device), answer=self.answer.to(device),
+            answer_tokens=None if self.answer_tokens is None else self.answer_tokens.to(device),
         )
 
     # ------------------------------------------------------------- outputs

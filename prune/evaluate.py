@@ -15,7 +15,9 @@ answer positions (categorical outputs) or the squared error of the output
 Metric of the gradient methods (EAP, EAP-IG), per example: the log-probability
 of the full model's decoded label (categorical) or the output value
 (numerical), summed over the answer positions. KL cannot serve: it is 0 at the
-full model and so is its gradient.
+full model and so is its gradient. Examples with ``answer_tokens`` (the
+language-model tasks) use the logit difference of the correct and the
+incorrect answer instead, as EAP-IG and MIB do.
 
 Under EAP-IG's conventions (the model's graph says which) a circuit is evaluated
 as EAP-IG's ``evaluate_graph`` does: after its ``Graph.prune`` (heads and MLPs
@@ -100,11 +102,18 @@ def faithfulness_loss(circuit_logits: torch.Tensor, full_logits: torch.Tensor, e
     return answer_loss(circuit_logits[rows, cols], full_logits[rows, cols], rows, answer, examples.kind, logit_scale)
 
 
-def metric_sum(logits: torch.Tensor, kind: str, labels: torch.Tensor | None, answer: torch.Tensor) -> torch.Tensor:
+def metric_sum(logits: torch.Tensor, kind: str, labels: torch.Tensor | None, answer: torch.Tensor,
+               answer_tokens: torch.Tensor | None = None) -> torch.Tensor:
     """Sum over the batch of each example's gradient-method metric (module doc); ``labels`` ``[B, S]``
-    are the full model's decoded labels (categorical outputs)."""
+    are the full model's decoded labels (categorical outputs); ``answer_tokens`` ``[B, 2]``, when given,
+    make it the logit difference of correct and incorrect."""
     if kind == "numerical":
         return (logits[..., 0] * answer).sum()
+    if answer_tokens is not None:
+        wide = _wide(logits)
+        pair = answer_tokens[:, None, :].expand(-1, wide.shape[1], -1)  # [B, S, 2]
+        both = wide.gather(-1, pair)
+        return ((both[..., 0] - both[..., 1]) * answer).sum()
     logp = F.log_softmax(_wide(logits), -1).gather(-1, labels[..., None])[..., 0]
     return (logp * answer).sum()
 
@@ -212,7 +221,8 @@ class Evaluator:
     def metric(self, edge_mask: torch.Tensor) -> float:
         """The gradient methods' metric of the circuit (module doc), mean over examples."""
         logits = self.logits(edge_mask)
-        return metric_sum(logits, self.examples.kind, self.labels, self.examples.answer).item() / len(self)
+        ex = self.examples
+        return metric_sum(logits, ex.kind, self.labels, ex.answer, ex.answer_tokens).item() / len(self)
 
     def metric_gradient(self, z_value: float, *, batch_size: int = 512) -> torch.Tensor:
         """``d mean-metric / dz`` on every edge at the uniform mask ``z = z_value``, ``[n_edges]``
@@ -222,7 +232,8 @@ class Evaluator:
         for b in _batches(len(ex), batch_size):
             z = torch.full((g.n_edges,), float(z_value), dtype=model.W_E.dtype, requires_grad=True)
             logits = model(ex.clean[b], attention_mask=ex.valid[b], edge_mask=z, ablated=self._ablated_part(b))
-            m = metric_sum(logits, ex.kind, None if self.labels is None else self.labels[b], ex.answer[b])
+            m = metric_sum(logits, ex.kind, None if self.labels is None else self.labels[b], ex.answer[b],
+                           None if ex.answer_tokens is None else ex.answer_tokens[b])
             (grad,) = torch.autograd.grad(m, z)
             total += grad.double()
         return total / len(ex)

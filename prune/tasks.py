@@ -206,7 +206,8 @@ class _Builder:
             answer[i, len(c) - 1] = True
         return Task(
             name=self.task,
-            examples=Examples(clean=clean, corrupted=corrupted, valid=valid, answer=answer, kind="categorical"),
+            examples=Examples(clean=clean, corrupted=corrupted, valid=valid, answer=answer, kind="categorical",
+                              answer_tokens=torch.tensor([[r[2], r[3]] for r in self.rows])),
             correct=torch.tensor([r[2] for r in self.rows]),
             incorrect=torch.tensor([r[3] for r in self.rows]),
             metric=metric,
