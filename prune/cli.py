@@ -480,6 +480,19 @@ def _out_folder(text: str) -> Path:
     return Path(nonempty(text))
 
 
+def _gib(text: str) -> float:
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of GiB") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive, finite number of GiB")
+    return value
+
+
 def _threads(text: str) -> int:
     return parse_int(text, "", minimum=1, maximum=MAX_THREADS)
 
@@ -545,9 +558,50 @@ def cmd_mib_export(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    """Memory per rank of one Edge Pruning step, from the config alone; exit 1 when it does not fit."""
+    from prune import loaders, plan
+
+    dtype = _DTYPES[args.dtype]
+    device = "cuda" if args.gpu_memory is not None else "cpu"
+    try:
+        config = plan.read_config(args.model)
+        cfg = loaders.transformer_config(config)
+        kwargs = dict(seq=args.seq, dtype=dtype, nproc=args.nproc, ablation=args.ablation, device=device)
+        if args.examples is not None:
+            kwargs["examples"] = args.examples
+        p = plan.plan_step(cfg, batch=args.batch, **kwargs)
+    except (ValueError, NotImplementedError) as err:
+        raise UsageError(f"--model {args.model}: {err}" if "--" not in str(err)[:2] else str(err)) from None
+    budget = int(args.gpu_memory * plan.GIB) if device == "cuda" else loaders.available_bytes()
+    where = f"a GPU of {args.gpu_memory:g} GiB" if device == "cuda" else "this machine's available memory"
+    print(f"Edge Pruning step of {args.model} ({loaders.estimate_params(cfg) / 1e9:.2f}B parameters), batch "
+          f"{p.batch} x {p.seq} per rank, {p.dtype}, {p.nproc} rank(s), {p.examples} examples, {p.ablation} "
+          f"ablation, on {device}:")
+    print(p.table())
+    fits = p.fits(budget)
+    print(f"budget per rank: {budget / plan.GIB:.3f} GiB ({where}): {'fits' if fits else 'does NOT fit'}")
+    kwargs.pop("examples", None)  # the largest batch with every rank's share its batch
+    best = plan.largest_batch(cfg, budget, **kwargs)
+    print(f"largest batch per rank that fits at length {p.seq}: {best}" if best else
+          f"no batch fits at length {p.seq}: shard over more ranks (--nproc) or use a larger device")
+    return 0 if fits else 1
+
+
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="prune", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("plan", help="memory per rank of an Edge Pruning step, from the config alone")
+    q.add_argument("--model", required=True, type=nonempty,
+                   help="a config.json, a checkpoint folder, gpt2 or codellama/CodeLlama-13b-hf (shipped configs)")
+    q.add_argument("--batch", required=True, type=positive_int, help="examples per rank per step")
+    q.add_argument("--seq", required=True, type=positive_int, help="tokens per example")
+    q.add_argument("--dtype", default="fp32", choices=list(_DTYPES))
+    q.add_argument("--nproc", type=positive_int, default=1, help="ranks (FSDP full sharding of the weights)")
+    q.add_argument("--examples", type=positive_int, help="examples in all (default: batch x nproc)")
+    q.add_argument("--ablation", default="resample", choices=["zero", "mean", "resample"])
+    q.add_argument("--gpu-memory", type=_gib, metavar="GiB", help="plan for a GPU of this memory (default: this CPU)")
+    q.set_defaults(func=cmd_plan)
     e = sub.add_parser("mib-export", help="circuit files into MIB's circuit-track submission layout")
     e.add_argument("circuits", nargs="+", help="circuit JSON files (prune run's circuit.json, EAP-IG's files)")
     e.add_argument("--task", required=True, help="the task they were found on (its folder name in MIB's layout)")
@@ -586,7 +640,7 @@ def main(argv=None) -> int:
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:  # refused by the subcommand's parser, so that its --help is the one named
-            which = {"run": p, "mib-export": e}.get(getattr(args, "command", None), parser)
+            which = {"run": p, "mib-export": e, "plan": q}.get(getattr(args, "command", None), parser)
             which.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as done:  # --help, or a refusal ArgumentParser.error has printed
         return done.code if isinstance(done.code, int) else 0 if done.code is None else 2
