@@ -382,14 +382,18 @@ def _run(args, targets, configs, run_dirs, states, record) -> int:
 
         hf_logging.disable_progress_bar()  # "Loading weights" and the like
     try:
-        model = loaders.from_hf(args.model, dtype=_DTYPES[args.dtype]).with_conventions(args.conventions)
         model_type = loaders.model_type_of(args.model)
-    except (FileNotFoundError, ValueError, MemoryError, NotImplementedError, OSError) as err:
+    except (FileNotFoundError, ValueError, NotImplementedError, OSError) as err:
         raise UsageError(f"cannot load model {args.model!r}: {err}") from None
-    try:
+    try:  # the task needs the tokenizer only: made first, so that its length enters the memory plan
         task = make_task(args.task, _tokenizer_for(args.model, model_type), args.n, args.seed)
     except ValueError as err:
         raise UsageError(f"cannot make task {args.task!r} for {args.model!r}: {err}") from None
+    _check_plan(args, task)
+    try:
+        model = loaders.from_hf(args.model, dtype=_DTYPES[args.dtype]).with_conventions(args.conventions)
+    except (FileNotFoundError, ValueError, MemoryError, NotImplementedError, OSError) as err:
+        raise UsageError(f"cannot load model {args.model!r}: {err}") from None
     # Before anything is written: every checkpoint to resume is of this run (model, data, seed, configuration).
     # One pruner at a time (each holds the ablated activations), dropped once its checkpoint has loaded.
     for cfg, run_dir, state in zip(configs, run_dirs, states, strict=True):
@@ -441,6 +445,29 @@ def _run(args, targets, configs, run_dirs, states, record) -> int:
     if len(summary) > 1:
         _plot(summary, args.out / SWEEP)
     return 0
+
+
+def _check_plan(args, task) -> None:
+    """Refuse, before any weight loads, a run whose step would not fit in the memory available
+    (:mod:`prune.plan`; float32 only: a half-precision step on CPU is not planned)."""
+    from prune import loaders, plan
+
+    if _DTYPES[args.dtype] != torch.float32:
+        return
+    local = loaders._local_folder(args.model)
+    try:
+        cfg = loaders.transformer_config(loaders._load_config(args.model))
+    except (ValueError, NotImplementedError, OSError) as err:
+        where = local / "config.json" if local is not None else args.model
+        raise UsageError(f"cannot load model {args.model!r}: {where}: {err}") from None
+    n, S = task.examples.clean.shape
+    p = plan.plan_step(cfg, batch=min(args.batch_size, n), seq=S, examples=n, ablation=args.ablation)
+    have = loaders.available_bytes()
+    if not p.fits(have):
+        raise UsageError(f"an Edge Pruning step of {args.model} at batch {p.batch} x {S} ({n} examples, "
+                         f"{args.ablation}) needs about {p.total / plan.GIB:.1f} GiB but {have / plan.GIB:.1f} GiB "
+                         f"is available (see `prune plan --model {args.model} --batch {p.batch} --seq {S} "
+                         f"--examples {n}`); use a smaller --batch-size or --n, or a machine with more memory")
 
 
 def _draw(run_dir: Path) -> None:

@@ -15,14 +15,17 @@ holds per rank, in bytes:
   rank's examples ``[W, N / nproc, S, D]``, computed once; mean: ``[W, 1, S, D]``;
   zero: none.
 - ``reader inputs``: each layer's ``3H`` query, key and value inputs and its
-  MLP input, read from the stack and normalised: both kept for backward
-  (``2 (3H + 1) B S D`` per layer).
+  MLP input as read from the stack, kept by the norm for its backward
+  (``(3H + 1) B S D`` per layer). The projections' weights are frozen, so
+  autograd keeps none of their inputs (the normed copies).
 - ``attention``: queries, keys, values and head outputs ``4 B H S E`` and the
-  scores and probabilities ``2 B H S S`` per layer.
-- ``mlp``: the hidden activations kept for backward, ``2 B S F`` per layer
-  (``4 B S F`` gated).
-- ``backward transient``: the largest gradient alive at once besides the
-  buffer, one layer's reader inputs ``2 (3H + 1) B S D``.
+  attention probabilities ``B H S S`` per layer.
+- ``mlp``: the hidden activations kept for backward: the activation's input
+  ``B S F`` per layer (gated: the gate's input, its activation and the up
+  projection, ``3 B S F``).
+- ``backward transient``: the largest gradients alive at once besides the
+  buffer: one layer's reader-input gradient and the norm's intermediate,
+  ``2 (3H + 1) B S D``.
 - ``logits``: the answer positions' logits and their softmax and gradient in
   float32 ``3 B V``, and the full model's reference logits ``N V``.
 - ``masks and optimizer``: the log-alphas with their gradient and Adam's two
@@ -129,7 +132,7 @@ def plan_step(cfg: TransformerConfig, *, batch: int, seq: int, dtype: torch.dtyp
     weights = params * b if P == 1 else math.ceil(params / P) * b + per_block * b
     stack = W * B * S * D * b
     ablated = {"zero": 0, "mean": W * S * D * b, "resample": W * (N // P) * S * D * b}[ablation]
-    reads = 2 * (3 * H + 1) * B * S * D * b
+    reads = (3 * H + 1) * B * S * D * b  # one layer's reader inputs
     items = {
         "weights": weights,
         "weight gradients and optimizer": 0,
@@ -137,9 +140,9 @@ def plan_step(cfg: TransformerConfig, *, batch: int, seq: int, dtype: torch.dtyp
         "gradient buffer": stack,
         "ablated writers": ablated,
         "reader inputs": L * reads,
-        "attention": L * (4 * B * H * S * E + 2 * B * H * S * S) * b,
-        "mlp": L * (4 if cfg.gated_mlp else 2) * B * S * F * b,
-        "backward transient": reads,
+        "attention": L * (4 * B * H * S * E + B * H * S * S) * b,
+        "mlp": L * (3 if cfg.gated_mlp else 1) * B * S * F * b,
+        "backward transient": 2 * reads,
         "logits": 3 * B * V * 4 + (N // P) * V * b,
         "masks and optimizer": 4 * n_edges * 4 + 3 * W * R * b,
         "runtime": (process_resident_bytes() if runtime_bytes is None else runtime_bytes) if device == "cpu"

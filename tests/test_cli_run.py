@@ -221,7 +221,11 @@ def test_errors_are_one_line(checkpoints, tmp_path, capsys, monkeypatch):
     assert "unsupported model type 'bert'" in _error(_args(tmp_path / "bert", tmp_path / "b"), capsys)
 
     monkeypatch.setattr(loaders, "available_bytes", lambda: 1024**2)  # 1 MiB free
-    assert "only 0.0 GiB is available" in _error(_args(gpt2, tmp_path / "c"), capsys)
+    # Refused by the step's memory plan, before any weight loads, with the plan's command.
+    message = _error(_args(gpt2, tmp_path / "c"), capsys)
+    assert "but 0.0 GiB is available" in message and "prune plan --model" in message
+    # Half precision is not planned on CPU: the weights' own check (two copies while converting) refuses it.
+    assert "only 0.0 GiB is available" in _error(_args(gpt2, tmp_path / "c", "0.9", 6, 100, "--dtype", "bf16"), capsys)
     monkeypatch.undo()
 
     # A checkpoint that is not one, and a run directory reused without --resume.
