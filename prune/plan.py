@@ -181,6 +181,8 @@ def read_config(spec: str):
         except Exception as err:  # noqa: BLE001 (offline, unknown name: transformers raises anything)
             raise ValueError(f"{spec!r} is no shipped config ({', '.join(sorted(SHIPPED))}), file or folder, and "
                              f"the hub cannot give it here ({type(err).__name__}); pass its config.json") from None
+    if not path.is_file():  # a FIFO would block the read; a folder without config.json
+        raise ValueError(f"{path} is not a regular config file; give a config.json or a checkpoint folder")
     try:
         d = json.loads(path.read_text())
         model_type = d["model_type"]

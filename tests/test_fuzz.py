@@ -127,6 +127,11 @@ def inputs(tmp_path_factory) -> Path:
         Circuit(graph=g, edges=edges, ablation="resample", model="toy", d_model=4, method="fuzz",
                 scores=tuple(float(i) for i in range(g.n_edges))).save(d / f"{name}.json")
     (d / "c_broken.json").write_text('{"cfg": {"n_layers": 1}}')
+    (d / "plan_config").mkdir()
+    (d / "plan_config" / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2, "n_head": 2,
+                                                               "n_embd": 16, "vocab_size": 100, "n_positions": 64}))
+    (d / "plan_bad").mkdir()
+    (d / "plan_bad" / "config.json").write_text('{"model_type": "gpt2", "n_layer": 0, "mystery": 1}')
     progs = d / "progs"
     progs.mkdir()
     tiny = ('from tracr.rasp import rasp\nfrom groundtruth import program\n\n'
@@ -437,6 +442,31 @@ def mib_export_argv(draw):
     return draw(assemble(["mib-export"], files, options, [["--out", out]], ok, required))
 
 
+PLAN_MODELS = (["gpt2", "codellama/CodeLlama-13b-hf", "@IN@/plan_config"],
+               ["@IN@/file.txt", "@IN@/fifo", "@IN@/missing.json", "@IN@", "@IN@/plan_bad/config.json", "./x.json"])
+
+
+@st.composite
+def plan_argv(draw):
+    """``prune plan`` lists (it writes nothing; 1 means "does not fit"). No bare hub names: they need a network."""
+    ok = draw(st.booleans())
+    required = (unit("--model", PLAN_MODELS, ok), unit("--batch", POSITIVE, ok), unit("--seq", POSITIVE, ok))
+    options = [unit("--dtype", DTYPES, ok), unit("--nproc", (["1", "2", "8"], ["0", "-1", "x"]), ok),
+               unit("--examples", POSITIVE, ok), unit("--ablation", ABLATION, ok),
+               unit("--gpu-memory", (["80", "0.5", "141"], ["0", "-1", "nan", "inf", "x"]), ok)]
+    if not ok:
+        options, required = [*options, *required], ()
+    return draw(assemble(["plan"], [], options, [], ok, required))
+
+
+def _fuzz_plan(inputs, argv):
+    with tempfile.TemporaryDirectory(prefix="fuzz_out_") as tmp:
+        code, out, _ = check_contract(prune_main, substitute(argv, inputs, Path(tmp)), Path(tmp), inputs)
+        assert code in (0, 1, 2), f"prune {argv!r} -> {code}"
+        if code in (0, 1) and not any(a in ("-h", "--help") or a.startswith("--h") for a in argv):
+            assert "total per rank" in out and ("fits" in out), (argv, out)
+
+
 def _fuzz_mib_export(inputs, argv):
     with tempfile.TemporaryDirectory(prefix="fuzz_out_") as tmp:
         code, out, _ = check_contract(prune_main, substitute(argv, inputs, Path(tmp)), Path(tmp), inputs)
@@ -472,6 +502,11 @@ def test_fuzz_groundtruth_arguments(inputs, profile):
 @pytest.mark.parametrize("profile", PROFILES)
 def test_fuzz_prune_run_arguments(inputs, profile):
     given(argv=prune_argv())(profile("prune")(lambda argv: _fuzz_prune(inputs, argv)))()
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_fuzz_prune_plan_arguments(inputs, profile):
+    given(argv=plan_argv())(profile("prune")(lambda argv: _fuzz_plan(inputs, argv)))()
 
 
 @pytest.mark.parametrize("profile", PROFILES)

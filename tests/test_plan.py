@@ -1,0 +1,109 @@
+"""The memory plan (prune.plan) and ``prune plan``: what it counts, how it scales, and its refusals.
+
+Its accuracy against measured peaks is a benchmark (bench/plan.py, bench/results/plan.md), not a test.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from prune import loaders, plan
+from prune.cli import main
+
+GPT2 = loaders.transformer_config(plan.read_config("gpt2"))
+CODELLAMA = loaders.transformer_config(plan.read_config("codellama/CodeLlama-13b-hf"))
+
+
+def test_the_shipped_configs_are_the_published_models():
+    assert loaders.estimate_params(GPT2) == 163_037_184  # 124M plus the untied unembedding copy
+    assert (CODELLAMA.n_layers, CODELLAMA.n_heads, CODELLAMA.d_model, CODELLAMA.d_mlp, CODELLAMA.vocab_size) == \
+        (40, 40, 5120, 13824, 32016)
+    assert 13.0e9 < loaders.estimate_params(CODELLAMA) < 13.1e9
+
+
+def test_the_items_are_the_step_s_tensors():
+    p = plan.plan_step(GPT2, batch=8, seq=32, runtime_bytes=0)
+    W, B, S, D = 1 + 12 * 13, 8, 32, 768
+    assert p.items["writer stack"] == p.items["gradient buffer"] == W * B * S * D * 4
+    assert p.items["ablated writers"] == W * B * S * D * 4  # resample: one row per example (8)
+    assert p.items["reader inputs"] == 12 * 37 * B * S * D * 4
+    assert p.items["weights"] == 163_037_184 * 4 and p.items["weight gradients and optimizer"] == 0
+    assert p.total == sum(p.items.values())
+    zero = plan.plan_step(GPT2, batch=8, seq=32, runtime_bytes=0, ablation="zero")
+    assert zero.items["ablated writers"] == 0
+
+
+def test_the_plan_scales_with_batch_examples_and_ranks():
+    one = plan.plan_step(GPT2, batch=8, seq=32, runtime_bytes=0)
+    two = plan.plan_step(GPT2, batch=16, seq=32, runtime_bytes=0)
+    for item in ("writer stack", "reader inputs", "mlp"):
+        assert two.items[item] == 2 * one.items[item]
+    more = plan.plan_step(GPT2, batch=8, seq=32, examples=80, runtime_bytes=0)
+    assert more.items["ablated writers"] == 10 * one.items["ablated writers"]
+    sharded = plan.plan_step(CODELLAMA, batch=1, seq=128, dtype=torch.bfloat16, nproc=8, device="cuda")
+    alone = plan.plan_step(CODELLAMA, batch=1, seq=128, dtype=torch.bfloat16, nproc=1, device="cuda")
+    assert sharded.items["weights"] < alone.items["weights"] / 4  # 1/8 of them plus one gathered block
+    assert sharded.items["writer stack"] == alone.items["writer stack"]
+
+
+def test_largest_batch_is_the_boundary():
+    budget = 4 * plan.GIB
+    best = plan.largest_batch(GPT2, budget, seq=32, runtime_bytes=0)
+    assert plan.plan_step(GPT2, batch=best, seq=32, runtime_bytes=0).fits(budget)
+    assert not plan.plan_step(GPT2, batch=best + 1, seq=32, runtime_bytes=0).fits(budget)
+    assert plan.largest_batch(GPT2, 1, seq=32, runtime_bytes=0) == 0
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(batch=8, seq=32, nproc=3, examples=16), "do not divide among 3 ranks"),
+    (dict(batch=8, seq=32, examples=4), "fewer than its batch"),
+    (dict(batch=8, seq=2048), "exceeds the model's 1024 positions"),
+    (dict(batch=8, seq=32, dtype=torch.bfloat16), "is for a GPU"),
+    (dict(batch=0, seq=32), "batch must be a whole number"),
+    (dict(batch=8, seq=32, ablation="half"), "unknown ablation"),
+])
+def test_impossible_plans_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        plan.plan_step(GPT2, **kwargs)
+
+
+def test_a_config_with_an_unknown_field_is_refused(tmp_path):
+    d = json.loads((plan.CONFIGS / "gpt2.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**d, "n_experts": 8}))
+    with pytest.raises(ValueError, match="field 'n_experts' is unknown to a gpt2 config"):
+        plan.read_config(str(tmp_path))
+    with pytest.raises(ValueError, match="no config at"):
+        plan.read_config(str(tmp_path / "missing.json"))
+
+
+def _plan(capsys, *argv):
+    code = main(["plan", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_prune_plan_prints_the_items_and_whether_it_fits(capsys, tmp_path):
+    code, out, _ = _plan(capsys, "--model", "codellama/CodeLlama-13b-hf", "--batch", "4", "--seq", "128",
+                         "--dtype", "bf16", "--nproc", "8", "--gpu-memory", "80")
+    assert code == 0 and "reader inputs" in out and "fits" in out and "largest batch per rank" in out
+    code, out, _ = _plan(capsys, "--model", "codellama/CodeLlama-13b-hf", "--batch", "32", "--seq", "128",
+                         "--dtype", "bf16", "--gpu-memory", "141")
+    assert code == 1 and "does NOT fit" in out
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text((plan.CONFIGS / "gpt2.json").read_text())
+    assert _plan(capsys, "--model", folder, "--batch", "2", "--seq", "16")[0] == 0
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--model", "gpt2", "--batch", "8", "--seq", "32", "--dtype", "bf16"], "is for a GPU"),
+    (["--model", "gpt2", "--batch", "8", "--seq", "32", "--nproc", "3", "--examples", "32"], "do not divide"),
+    (["--model", "/no/such/config.json", "--batch", "8", "--seq", "32"], "no config at"),
+    (["--model", "gpt2", "--batch", "8", "--seq", "32", "--gpu-memory", "-1"], "--gpu-memory"),
+])
+def test_prune_plan_refusals(capsys, argv, message):
+    code, out, err = _plan(capsys, *argv)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
