@@ -601,14 +601,16 @@ def cmd_plan(args) -> int:
     dtype = _DTYPES[args.dtype]
     device = "cuda" if args.gpu_memory is not None else "cpu"
     try:
-        config = plan.read_config(args.model)
-        cfg = loaders.transformer_config(config)
-        kwargs = dict(seq=args.seq, dtype=dtype, nproc=args.nproc, ablation=args.ablation, device=device)
-        if args.examples is not None:
-            kwargs["examples"] = args.examples
-        p = plan.plan_step(cfg, batch=args.batch, **kwargs)
+        cfg = loaders.transformer_config(plan.read_config(args.model))
     except (ValueError, NotImplementedError) as err:
-        raise UsageError(f"--model {args.model}: {err}" if "--" not in str(err)[:2] else str(err)) from None
+        raise UsageError(f"--model {args.model}: {err}") from None
+    kwargs = dict(seq=args.seq, dtype=dtype, nproc=args.nproc, ablation=args.ablation, device=device)
+    if args.examples is not None:
+        kwargs["examples"] = args.examples
+    try:
+        p = plan.plan_step(cfg, batch=args.batch, **kwargs)
+    except ValueError as err:  # names the values at fault (--batch, --seq, --nproc, --examples, --dtype)
+        raise UsageError(f"cannot plan {args.model} so: {err}") from None
     budget = int(args.gpu_memory * plan.GIB) if device == "cuda" else loaders.available_bytes()
     where = f"a GPU of {args.gpu_memory:g} GiB" if device == "cuda" else "this machine's available memory"
     print(f"Edge Pruning step of {args.model} ({loaders.estimate_params(cfg) / 1e9:.2f}B parameters), batch "

@@ -118,8 +118,9 @@ def plan_step(cfg: TransformerConfig, *, batch: int, seq: int, dtype: torch.dtyp
     if device == "cpu" and dtype in (torch.bfloat16, torch.float16):
         # Measured (bench/results/plan.md): torch's CPU kernels compute much of such a step in float32,
         # so a bf16 step there holds more than this plan counts, more even than the float32 step.
-        raise ValueError(f"a {str(dtype).removeprefix('torch.')} plan is for a GPU (give its memory); on CPU "
-                         f"the half-precision step is partly computed in float32 and this plan would under-count")
+        raise ValueError(f"a {str(dtype).removeprefix('torch.')} plan is for a GPU (device='cuda'; prune plan "
+                         f"--gpu-memory GiB); on CPU the half-precision step is partly computed in float32 and "
+                         f"this plan would under-count")
     if ablation not in ("zero", "mean", "resample"):
         raise ValueError(f"unknown ablation {ablation!r}; choose zero, mean or resample")
     b = _BYTES[dtype]
