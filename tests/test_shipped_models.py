@@ -100,10 +100,14 @@ def test_training_is_seeded_and_deterministic():
     import dataclasses
 
     recipe = dataclasses.replace(train.RECIPES["llama-ioi-gt"], steps=4, n_train=64, batch_size=8, warmup=2)
-    torch.set_num_threads(2)
-    a, _, _ = train.train(recipe, quiet=True)
-    b, _, _ = train.train(recipe, quiet=True)
-    c, _, _ = train.train(dataclasses.replace(recipe, seed=1), quiet=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the thread count the committed models were trained with
+    try:
+        a, _, _ = train.train(recipe, quiet=True)
+        b, _, _ = train.train(recipe, quiet=True)
+        c, _, _ = train.train(dataclasses.replace(recipe, seed=1), quiet=True)
+    finally:
+        torch.set_num_threads(threads)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
