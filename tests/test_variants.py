@@ -71,3 +71,34 @@ def test_fold_refusals():
                                            n_positions=4, norm="layernorm"))
     with pytest.raises(ValueError, match="does not commute"):
         fold(normed, torch.eye(4))
+
+
+def test_compress_reaches_exact_decoding_below_the_residual_rank():
+    """``reverse`` has residual rank 27 of 41: at width 20 (0.49 D) features must share dimensions."""
+    from groundtruth.variants import compress
+
+    art = artifact("reverse")
+    model, ex = art.model, art.examples
+    assert residual_basis(model, ex).shape[0] == 27
+    one = compress(model, ex, 20)
+    assert one.width == one.model.cfg.d_model == 20 and one.agreement == 1.0
+    with torch.no_grad():
+        assert bool(ex.agree(one.model(ex.clean, attention_mask=ex.valid), model(ex.clean, attention_mask=ex.valid))
+                    .all())
+    assert one.recipe["fine_tuned"] == "every weight" and one.recipe["steps"] > 0
+    two = compress(model, ex, 20)  # full-batch Adam, no sampling: the same weights again
+    assert all(torch.equal(a, b) for a, b in zip(one.model.state_dict().values(), two.model.state_dict().values(),
+                                                 strict=True))
+
+
+def test_compress_refusals_name_the_value():
+    from groundtruth.variants import compress
+
+    art = artifact("frac_prevs")
+    D = art.model.cfg.d_model
+    with pytest.raises(ValueError, match=rf"width {D + 1} must be a whole number in \[1, {D}\]"):
+        compress(art.model, art.examples, D + 1)
+    with pytest.raises(ValueError, match="steps must be"):
+        compress(art.model, art.examples, 3, steps=0)
+    with pytest.raises(ValueError, match=r"no compression to width 3 of 14 decodes every example: the best agreement"):
+        compress(art.model, art.examples, 3, steps=5)
