@@ -70,12 +70,17 @@ def fold(model: Transformer, W: torch.Tensor) -> Transformer:
 
 
 @torch.no_grad()
+def _residual_states(model: Transformer, examples: Examples) -> torch.Tensor:
+    """``[K, D]`` float64: the residual stream after every writer, at every valid position of every example."""
+    _, writers = model(examples.clean, attention_mask=examples.valid, return_writers=True)  # [W, N, S, D]
+    return writers.cumsum(0)[:, examples.valid].reshape(-1, model.cfg.d_model).double()
+
+
+@torch.no_grad()
 def residual_basis(model: Transformer, examples: Examples, *, rtol: float = 1e-6) -> torch.Tensor:
     """``[r, D]`` orthonormal rows spanning every residual state of ``model`` on ``examples``: at every
     valid position, after every writer. Singular values below ``rtol`` times the largest count as zero."""
-    _, writers = model(examples.clean, attention_mask=examples.valid, return_writers=True)  # [W, N, S, D]
-    states = writers.cumsum(0)[:, examples.valid].reshape(-1, model.cfg.d_model).double()
-    _, s, vh = torch.linalg.svd(states, full_matrices=False)
+    _, s, vh = torch.linalg.svd(_residual_states(model, examples), full_matrices=False)
     r = int((s > rtol * s[0]).sum())
     return vh[:r].to(model.W_E.dtype)
 
@@ -84,9 +89,7 @@ def residual_basis(model: Transformer, examples: Examples, *, rtol: float = 1e-6
 def principal_directions(model: Transformer, examples: Examples, width: int) -> torch.Tensor:
     """``[width, D]``: the top right singular vectors of every residual state on ``examples`` (uncentred),
     the best rank-``width`` linear reconstruction of the stream."""
-    _, writers = model(examples.clean, attention_mask=examples.valid, return_writers=True)
-    states = writers.cumsum(0)[:, examples.valid].reshape(-1, model.cfg.d_model).double()
-    return torch.linalg.svd(states, full_matrices=False)[2][:width].to(model.W_E.dtype)
+    return torch.linalg.svd(_residual_states(model, examples), full_matrices=False)[2][:width].to(model.W_E.dtype)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: a model and tensors have no truth value
