@@ -1,0 +1,840 @@
+"""Transcoders: a wide, sparsely active MLP trained to stand in for one MLP sublayer.
+
+A transcoder (Dunefsky, Chlenski and Nanda 2024, "Transcoders Find
+Interpretable LLM Feature Circuits") maps an MLP's *normed* input to that MLP's
+output through features ``f = act(x W_enc + b_enc)``, ``y = f W_dec + b_dec``.
+This module trains them (:func:`train_transcoder`), saves and loads them in
+circuit-tracer's single-layer layout (:func:`save_transcoders`,
+:func:`load_transcoders`), swaps them into a model (:func:`replace_mlps`), and
+scores a trained one against known features (:func:`match_features`). A
+compiled Tracr MLP *is* a ReLU transcoder: :meth:`Transcoder.from_mlp` gives
+that ideal one, each hidden unit a feature. docs/transcoders.md has the recipe,
+its defaults and the file layout.
+
+Shapes: N inputs (valid positions), D d_model, T d_transcoder, F d_mlp.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prune.model import Block, Transformer
+
+__all__ = [
+    "TranscoderConfig", "Transcoder", "TranscoderFileError", "TrainingLog",
+    "mlp_activations", "fit_transcoder", "train_transcoder",
+    "save_transcoders", "load_transcoders", "load_transcoder",
+    "replace_mlps", "Faithfulness", "replacement_faithfulness",
+    "FeatureMatch", "match_features",
+]
+
+Activation = Literal["relu", "jumprelu", "topk"]
+_ACTIVATIONS = ("relu", "jumprelu", "topk")
+
+
+class TranscoderFileError(ValueError):
+    """A transcoder folder or file that is missing, malformed, or made for another model or layer."""
+
+
+# ----------------------------------------------------------------- the module
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TranscoderConfig:
+    """What a :class:`Transcoder` is: its widths, the layer whose MLP it replaces, its activation.
+
+    ``activation``: ``relu``; ``jumprelu`` (ReLU gated by a learned per-feature
+    ``threshold``, as circuit-tracer's ``activation_function.threshold``); or
+    ``topk`` (the ``k`` largest pre-activations per input, then ReLU).
+    """
+
+    d_model: int
+    d_transcoder: int
+    layer: int
+    activation: Activation = "relu"
+    k: int | None = None
+
+    def __post_init__(self):
+        for name in ("d_model", "d_transcoder"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TranscoderConfig.{name} must be a positive int, got {value!r}")
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
+            raise ValueError(f"TranscoderConfig.layer must be a non-negative int, got {self.layer!r}")
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(f"TranscoderConfig.activation={self.activation!r}; choose one of {_ACTIVATIONS}")
+        if self.activation == "topk":
+            if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= self.d_transcoder:
+                raise ValueError(f"a topk transcoder needs 1 <= k <= d_transcoder={self.d_transcoder}, "
+                                 f"got k={self.k!r}")
+        elif self.k is not None:
+            raise ValueError(f"k={self.k!r} is only for activation='topk', not {self.activation!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TranscoderConfig:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(d, dict) or set(d) - fields:
+            raise ValueError(f"a transcoder config is a mapping of {sorted(fields)}, got {d!r}")
+        return cls(**d)
+
+
+class Transcoder(nn.Module):
+    """``forward(x)``: the MLP's normed input ``[.., D]`` to its output ``[.., D]`` through ``T`` features.
+
+    Weights (TransformerLens orientation, as :class:`prune.model.Block`'s MLP):
+    ``W_enc [D, T]``, ``b_enc [T]``, ``W_dec [T, D]``, ``b_dec [D]``, and
+    ``threshold [T]`` for ``jumprelu`` (None otherwise). Files hold circuit-tracer's
+    orientation (``W_enc [T, D]``); :func:`save_transcoders` transposes.
+    """
+
+    def __init__(self, cfg: TranscoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        D, T = cfg.d_model, cfg.d_transcoder
+        self.W_enc = nn.Parameter(torch.zeros(D, T))
+        self.b_enc = nn.Parameter(torch.zeros(T))
+        self.W_dec = nn.Parameter(torch.zeros(T, D))
+        self.b_dec = nn.Parameter(torch.zeros(D))
+        self.threshold = nn.Parameter(torch.zeros(T)) if cfg.activation == "jumprelu" else None
+        self.log: TrainingLog | None = None  # set by fit_transcoder: how it was trained
+
+    @property
+    def layer(self) -> int:
+        return self.cfg.layer
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:  # [.., D] -> [.., T]
+        return x @ self.W_enc + self.b_enc
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:  # [.., T] -> [.., T]
+        if self.cfg.activation == "jumprelu":
+            return pre * (pre > self.threshold).to(pre.dtype)
+        if self.cfg.activation == "topk":
+            top = pre.topk(self.cfg.k, dim=-1)
+            return torch.zeros_like(pre).scatter(-1, top.indices, F.relu(top.values))
+        return F.relu(pre)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:  # [.., D] -> feature activations [.., T]
+        return self.activate(self.pre_activations(x))
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:  # [.., T] -> [.., D]
+        return f @ self.W_dec + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # normed MLP input [.., D] -> MLP output [.., D]
+        return self.decode(self.encode(x))
+
+    @classmethod
+    def from_mlp(cls, block: Block, layer: int) -> Transcoder:
+        """The ideal transcoder of a non-gated ReLU MLP: the MLP itself, one feature per hidden unit
+        (``W_enc = W_in``, ``b_enc = b_in``, ``W_dec = W_out``, ``b_dec = b_out``; zero biases where it has none)."""
+        cfg = block.cfg
+        if block.W_gate is not None or cfg.activation != "relu":
+            kind = "gated " if block.W_gate is not None else ""
+            raise ValueError(f"layer {layer}'s MLP is {kind}{cfg.activation}, not a plain ReLU MLP: it is no "
+                             f"transcoder; train one with train_transcoder")
+        tc = cls(TranscoderConfig(d_model=cfg.d_model, d_transcoder=cfg.d_mlp, layer=layer))
+        with torch.no_grad():
+            tc.W_enc.copy_(block.W_in)
+            tc.W_dec.copy_(block.W_out)
+            if block.b_in is not None:
+                tc.b_enc.copy_(block.b_in)
+            if block.b_out is not None:
+                tc.b_dec.copy_(block.b_out)
+        return tc.to(block.W_in.dtype).requires_grad_(False)
+
+
+# ---------------------------------------------------------- the MLP's data
+def _check_layer(model: Transformer, layer) -> int:
+    n = model.cfg.n_layers
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n:
+        raise ValueError(f"MLP layer {layer!r} is out of range: this model's MLP layers are 0..{n - 1}")
+    return layer
+
+
+def mlp_activations(model: Transformer, layer: int, tokens: torch.Tensor,
+                    attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x [N, D], y [N, D])``: layer ``layer``'s normed MLP input and its MLP output at the valid positions.
+
+    One plain forward with a hook on the layer's ``ln2`` (what ``Block.mlp`` reads);
+    the output is that block's own ``mlp`` of it. ``attention_mask`` ``[B, S]`` marks
+    the valid positions (None: all). No unembedding is computed.
+    """
+    _check_layer(model, layer)
+    block = model.blocks[layer]
+    seen: list[torch.Tensor] = []
+    handle = block.ln2.register_forward_hook(lambda _m, _i, out: seen.append(out.detach()))
+    try:
+        with torch.no_grad():
+            none = torch.zeros_like(tokens, dtype=torch.bool)  # read no logits: skip the unembedding
+            model(tokens, attention_mask=attention_mask, positions=none)
+            x = seen[0]  # [B, S, D]
+            keep = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+            x = x[keep]
+            y = block.mlp(x)
+    finally:
+        handle.remove()
+    return x, y
+
+
+# ------------------------------------------------------------------ training
+@dataclasses.dataclass(frozen=True)
+class TrainingLog:
+    """How a transcoder was trained, and where its loss ended (on the whole training set)."""
+
+    recipe: dict
+    n_inputs: int
+    steps: int
+    seconds: float
+    loss: float  # final total loss
+    nmse: float  # final normalised MSE: mean ||y_hat - y||^2 / mean ||y - mean(y)||^2
+    l0: float  # mean number of active features per input
+    resampled: int  # features re-initialised over the run
+    history: tuple[float, ...]  # total loss on the batch, every `log_every` steps
+
+
+def _seeded_choice(weights: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` indices drawn with probability proportional to ``weights`` (uniform when all are zero)."""
+    w = weights.double().clamp_min(0)
+    if not bool(w.sum() > 0):
+        w = torch.ones_like(w)
+    return torch.multinomial(w, n, replacement=True, generator=gen)
+
+
+def _unit_rows(v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Rows of ``v`` scaled to unit norm; a zero row becomes a random unit row."""
+    norm = v.norm(dim=-1, keepdim=True)
+    rand = torch.randn(v.shape, generator=gen, dtype=v.dtype)
+    v = torch.where(norm > 1e-8, v, rand)
+    return v / v.norm(dim=-1, keepdim=True)
+
+
+def _init_from_data(tc: Transcoder, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, idx: torch.Tensor):
+    """Features ``idx`` start as "an input like x_n gives an output like y_n", for random inputs n.
+
+    Encoders are centred inputs and decoders centred outputs, so every weight starts
+    inside the span the data varies in: directions the data never uses get no gradient
+    and would otherwise keep their random start (Tracr's residual stream has many).
+    """
+    mx, my = x.mean(0), y.mean(0)
+    pick = torch.randint(0, len(x), (len(idx),), generator=gen)
+    enc = _unit_rows(x[pick] - mx, gen)  # [n, D]
+    dec = _unit_rows(y[pick] - my, gen)  # [n, D]
+    with torch.no_grad():
+        tc.W_enc[:, idx] = enc.T
+        tc.b_enc[idx] = -(enc @ mx)  # fires where the input leans towards x_n from the mean
+        tc.W_dec[idx] = dec * 0.1 * (y - my).norm(dim=-1).mean()
+
+
+def _resample_dead(tc: Transcoder, opt: torch.optim.Adam, x: torch.Tensor, y: torch.Tensor,
+                   dead: torch.Tensor, gen: torch.Generator, scale: float) -> int:
+    """Re-initialise the dead features towards inputs the transcoder reconstructs worst.
+
+    Anthropic's recipe (Towards Monosemanticity, 2023): draw inputs with probability
+    proportional to the squared reconstruction error; the decoder becomes the unit
+    residual ``y - y_hat`` there, the encoder the unit centred input times ``scale``
+    times the mean live encoder norm, the bias so that it fires on that input; their
+    Adam moments are zeroed.
+    """
+    idx = dead.nonzero().flatten()
+    if not len(idx):
+        return 0
+    with torch.no_grad():
+        resid = y - tc(x)  # [N, D]
+        pick = _seeded_choice(resid.pow(2).sum(-1), len(idx), gen)
+        mx = x.mean(0)
+        enc = _unit_rows(x[pick] - mx, gen)  # [n, D]
+        alive = ~dead
+        norm = tc.W_enc[:, alive].norm(dim=0).mean() if bool(alive.any()) else torch.tensor(1.0)
+        enc = enc * scale * norm
+        tc.W_enc[:, idx] = enc.T
+        tc.b_enc[idx] = -(enc @ mx)
+        dec = _unit_rows(resid[pick], gen)
+        tc.W_dec[idx] = dec * resid[pick].norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        for p, sl in ((tc.W_enc, (slice(None), idx)), (tc.b_enc, (idx,)), (tc.W_dec, (idx,))):
+            state = opt.state.get(p, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key][sl] = 0
+    return len(idx)
+
+
+def fit_transcoder(
+    x: torch.Tensor, y: torch.Tensor, *, layer: int, d_transcoder: int, l1: float | None = None,
+    steps: int = 3000, lr: float = 3e-3, batch: int = 1024, seed: int = 0, activation: str = "relu",
+    k: int | None = None, resample_every: int = 500, resample_until: float = 0.6, resample_scale: float = 0.2,
+    log_every: int = 50, progress: bool = True,
+) -> Transcoder:
+    """Train a transcoder on given activations: normed MLP inputs ``x [N, D]`` to MLP outputs ``y [N, D]``.
+
+    Loss per batch: ``||y_hat - y||^2 / v`` + ``l1 * sum_i f_i ||W_dec[i]|| / sqrt(v)``,
+    averaged over inputs, where ``v = mean ||y - mean(y)||^2`` over the whole set: the
+    reconstruction is a fraction of the output's variance and the penalty is in units
+    of the output's norm, so one ``l1`` suits outputs of any scale. ``topk`` defaults to
+    ``l1=0``. Adam; features that fired on no input during the last ``resample_every``
+    steps are resampled (:func:`_resample_dead`) until ``resample_until`` of the steps.
+    Deterministic for a seed (same inputs, same weights, bit for bit).
+    """
+    if x.ndim != 2 or y.shape != x.shape or len(x) == 0:
+        raise ValueError(f"x and y must both be [N, D] with N > 0, got {tuple(x.shape)} and {tuple(y.shape)}")
+    for name, v in (("steps", steps), ("batch", batch), ("resample_every", resample_every)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    l1 = (0.0 if activation == "topk" else 1e-2) if l1 is None else l1
+    if not (isinstance(l1, (int, float)) and l1 >= 0 and math.isfinite(l1)):
+        raise ValueError(f"l1 must be a non-negative number, got {l1!r}")
+    if not bool(torch.isfinite(x).all() and torch.isfinite(y).all()):
+        raise ValueError("the training activations hold NaN or infinite values")
+    recipe = dict(d_transcoder=d_transcoder, l1=float(l1), steps=steps, lr=float(lr), batch=batch, seed=seed,
+                  activation=activation, k=k, resample_every=resample_every, resample_until=resample_until,
+                  resample_scale=resample_scale)
+    cfg = TranscoderConfig(d_model=x.shape[1], d_transcoder=d_transcoder, layer=layer, activation=activation, k=k)
+    gen = torch.Generator().manual_seed(seed)
+    x, y = x.detach().float(), y.detach().float()
+    tc = Transcoder(cfg)
+    _init_from_data(tc, x, y, gen, torch.arange(d_transcoder))
+    with torch.no_grad():
+        tc.b_dec.copy_(y.mean(0))
+    var = (y - y.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)  # the output's variance
+    opt = torch.optim.Adam(tc.parameters(), lr=lr)
+    fired = torch.zeros(d_transcoder, dtype=torch.bool)
+    history, resampled, t0 = [], 0, time.perf_counter()
+    bar = _progress(steps, layer, progress)
+    try:
+        for step in range(steps):
+            pick = torch.randint(0, len(x), (min(batch, len(x)),), generator=gen)
+            loss, f = _loss(tc, x[pick], y[pick], var, l1)
+            if not bool(torch.isfinite(loss)):
+                raise FloatingPointError(f"transcoder loss is {loss.item()} at step {step} of {steps} (layer {layer}, "
+                                         f"lr {lr}, l1 {l1}); lower lr or check the activations")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            fired |= (f > 0).any(0)
+            if (step + 1) % resample_every == 0:
+                if step + 1 < resample_until * steps:  # late resamples would have no time to settle
+                    resampled += _resample_dead(tc, opt, x, y, ~fired, gen, resample_scale)
+                fired.zero_()
+            if step % log_every == 0 or step == steps - 1:
+                history.append(loss.item())
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss.item():.4g}")
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    with torch.no_grad():
+        total, f = _loss(tc, x, y, var, l1)
+        nmse = ((tc.decode(f) - y).pow(2).sum(-1).mean() / var).item()
+        l0 = (f > 0).sum(-1).float().mean().item()
+    tc.requires_grad_(False)
+    tc.log = TrainingLog(recipe=recipe, n_inputs=len(x), steps=steps, seconds=time.perf_counter() - t0,
+                         loss=total.item(), nmse=nmse, l0=l0, resampled=resampled, history=tuple(history))
+    return tc
+
+
+def _loss(tc: Transcoder, x, y, var, l1):  # -> (scalar loss, activations [n, T])
+    f = tc.encode(x)
+    mse = (tc.decode(f) - y).pow(2).sum(-1).mean() / var
+    if not l1:
+        return mse, f
+    sparsity = (f * tc.W_dec.norm(dim=-1)).sum(-1).mean() / var.sqrt()
+    return mse + l1 * sparsity, f
+
+
+def _progress(steps: int, layer: int, show: bool):
+    if not show:
+        return None
+    from tqdm import tqdm  # only here: `import prune` needs torch, numpy and safetensors alone
+
+    return tqdm(total=steps, desc=f"transcoder m{layer}", leave=False)
+
+
+def train_transcoder(
+    model: Transformer, layer: int, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+    expansion: float = 4.0, d_transcoder: int | None = None, **recipe,
+) -> Transcoder:
+    """Train a transcoder for ``model``'s MLP in ``layer`` on its own activations over ``tokens``.
+
+    ``d_transcoder`` defaults to ``ceil(expansion * d_mlp)``: the expansion is relative
+    to the MLP's own width (the paper's 32x d_model is 8x d_mlp on GPT-2). The other
+    keywords (``l1``, ``steps``, ``lr``, ``batch``, ``seed``, ``activation``, ``k``,
+    ``resample_every``, ``progress``, ...) are :func:`fit_transcoder`'s.
+    """
+    _check_layer(model, layer)
+    if d_transcoder is None:
+        if not (isinstance(expansion, (int, float)) and expansion > 0):
+            raise ValueError(f"expansion must be a positive number, got {expansion!r}")
+        d_transcoder = max(1, math.ceil(expansion * model.cfg.d_mlp))
+    x, y = mlp_activations(model, layer, tokens, attention_mask)
+    tc = fit_transcoder(x, y, layer=layer, d_transcoder=d_transcoder, **recipe)
+    return tc.to(model.W_E.dtype)
+
+
+# ------------------------------------------------------------- files
+# circuit-tracer's single-layer layout (its TranscoderSet.to_safetensors and load_relu_transcoder, 0.5.0):
+# one `layer_{l}.safetensors` per layer, tensors W_enc [T, D] (its encode is F.linear), W_dec [T, D],
+# b_enc [T], b_dec [D], optional `activation_function.threshold` [T] (JumpReLU); `config.yaml` beside them
+# with model_kind, feature_input_hook and feature_output_hook. Ours is written as JSON, which YAML reads.
+CONFIG_FILE = "config.yaml"
+FORMAT = "prune.transcoder/1"
+_THRESHOLD = "activation_function.threshold"
+_LAYER_FILE = re.compile(r"^layer_(\d+)\.safetensors$")
+
+
+def _layer_file(layer: int) -> str:
+    return f"layer_{layer}.safetensors"
+
+
+def _file_tensors(tc: Transcoder) -> dict[str, torch.Tensor]:
+    t = {"W_enc": tc.W_enc.T, "W_dec": tc.W_dec, "b_enc": tc.b_enc, "b_dec": tc.b_dec}
+    if tc.threshold is not None:
+        t[_THRESHOLD] = tc.threshold
+    return {k: v.detach().float().contiguous().cpu() for k, v in t.items()}
+
+
+def save_transcoders(folder: str | Path, transcoders: dict[int, Transcoder], *, model: Transformer | None = None,
+                     model_name: str = "") -> Path:
+    """Write ``transcoders`` (by layer) to ``folder`` atomically: the whole folder or nothing.
+
+    The folder is built under a temporary name beside it, then renamed into place (an
+    existing one is replaced only once the new one is complete). ``model``, when given,
+    is checked against (width, layers) and names the hooks: ``ln2.hook_normalized``
+    after a norm, ``hook_resid_mid`` without one. circuit-tracer loads a set only when
+    its layers are ``0..n-1`` with one ``d_transcoder``; ours may hold any layers.
+    """
+    if not transcoders:
+        raise ValueError("no transcoders to save")
+    if isinstance(transcoders, Transcoder):
+        transcoders = {transcoders.layer: transcoders}
+    for layer, tc in transcoders.items():
+        if not isinstance(tc, Transcoder) or tc.layer != layer:
+            got = tc.layer if isinstance(tc, Transcoder) else type(tc).__name__
+            raise ValueError(f"transcoders[{layer!r}] must be a Transcoder for layer {layer!r}, got {got!r}")
+        if model is not None:
+            _check_layer(model, layer)
+            _check_width(tc, model, f"transcoders[{layer}]")
+    widths = {tc.cfg.d_model for tc in transcoders.values()}
+    if len(widths) > 1:
+        raise ValueError(f"transcoders of one set must share d_model, got {sorted(widths)}")
+    normed = model is not None and model.cfg.norm != "none"
+    config = {
+        "model_kind": "transcoder_set",
+        "model_name": model_name,
+        "feature_input_hook": "ln2.hook_normalized" if normed else "hook_resid_mid",
+        "feature_output_hook": "hook_mlp_out",
+        "format": FORMAT,
+        "d_model": widths.pop(),
+        "n_layers": None if model is None else model.cfg.n_layers,
+        "layers": {str(l): tc.cfg.to_dict() for l, tc in sorted(transcoders.items())},
+    }
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        from safetensors.torch import save_file
+
+        for layer, tc in transcoders.items():
+            save_file(_file_tensors(tc), str(tmp / _layer_file(layer)))
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
+        mask = os.umask(0)
+        os.umask(mask)
+        for f in tmp.iterdir():  # safetensors and mkdtemp make private files; give open()'s modes
+            os.chmod(f, 0o666 & ~mask)
+        os.chmod(tmp, 0o777 & ~mask)
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", suffix=".tmp", dir=folder.parent))
+            os.rename(folder, old / "x")
+            os.rename(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _check_width(tc: Transcoder, model: Transformer, what: str):
+    if tc.cfg.d_model != model.cfg.d_model:
+        raise TranscoderFileError(f"{what} is for a model of width d_model={tc.cfg.d_model}, "
+                                  f"this model's is {model.cfg.d_model}")
+
+
+def _read_config(folder: Path) -> dict:
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise TranscoderFileError(f"{path} is missing: a transcoder folder holds {CONFIG_FILE} and "
+                                  f"layer_<l>.safetensors files")
+    text = path.read_text(errors="replace")
+    try:
+        config = json.loads(text)
+    except ValueError as err:
+        config = _yaml(text, path, err)
+    if not isinstance(config, dict) or config.get("model_kind") != "transcoder_set":
+        kind = config.get("model_kind") if isinstance(config, dict) else type(config).__name__
+        raise TranscoderFileError(f"{path}: model_kind is {kind!r}; a single-layer set has 'transcoder_set'")
+    return config
+
+
+def _yaml(text: str, path: Path, err: Exception):
+    """A config that is not JSON: circuit-tracer's own (yaml.dump), read with PyYAML where it is installed."""
+    try:
+        import yaml
+    except ImportError:
+        raise TranscoderFileError(f"{path} does not parse as JSON ({err}) and PyYAML is not installed") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as yerr:
+        first = " ".join(str(yerr).split())[:200]
+        raise TranscoderFileError(f"{path} does not parse: {first}") from None
+
+
+def _layer_config(config: dict, layer: int, tensors: dict, path: Path) -> TranscoderConfig:
+    """The layer's config: ours from config.yaml, or (a folder circuit-tracer wrote) from the tensors."""
+    entry = (config.get("layers") or {}).get(str(layer))
+    if entry is None:
+        if "layers" in config:
+            raise TranscoderFileError(f"{path} is not listed in {CONFIG_FILE}'s layers {sorted(config['layers'])}")
+        b_enc, b_dec = tensors.get("b_enc"), tensors.get("b_dec")
+        if b_enc is None or b_dec is None or b_enc.ndim != 1 or b_dec.ndim != 1:
+            raise TranscoderFileError(f"{path} lacks a 1-d b_enc or b_dec to size the transcoder by")
+        entry = dict(d_model=b_dec.shape[0], d_transcoder=b_enc.shape[0], layer=layer,
+                     activation="jumprelu" if _THRESHOLD in tensors else "relu")
+    try:
+        cfg = TranscoderConfig.from_dict(entry)
+    except (TypeError, ValueError) as err:
+        raise TranscoderFileError(f"{path.parent / CONFIG_FILE}: layer {layer}: {err}") from None
+    if cfg.layer != layer:
+        raise TranscoderFileError(f"{path} holds the transcoder of layer {cfg.layer} by its config, not {layer}")
+    return cfg
+
+
+def _from_tensors(cfg: TranscoderConfig, tensors: dict[str, torch.Tensor], path: Path) -> Transcoder:
+    D, T = cfg.d_model, cfg.d_transcoder
+    want = {"W_enc": (T, D), "W_dec": (T, D), "b_enc": (T,), "b_dec": (D,)}
+    if cfg.activation == "jumprelu":
+        want[_THRESHOLD] = (T,)
+    for name, shape in want.items():
+        if name not in tensors:
+            raise TranscoderFileError(f"{path} has no tensor {name!r}; a transcoder file holds {sorted(want)}")
+        if tuple(tensors[name].shape) != shape:
+            raise TranscoderFileError(f"{path}: tensor {name} is {list(tensors[name].shape)}, expected "
+                                      f"{list(shape)} for d_model={D}, d_transcoder={T}")
+    extra = sorted(set(tensors) - set(want))
+    if extra:
+        raise TranscoderFileError(f"{path} holds tensors this transcoder does not use: {extra}")
+    bad = [k for k, v in tensors.items() if not bool(torch.isfinite(v).all())]
+    if bad:
+        raise TranscoderFileError(f"{path}: tensor {bad[0]} has NaN or infinite values")
+    tc = Transcoder(cfg)
+    with torch.no_grad():
+        tc.W_enc.copy_(tensors["W_enc"].T)
+        for name in ("W_dec", "b_enc", "b_dec"):
+            getattr(tc, name).copy_(tensors[name])
+        if tc.threshold is not None:
+            tc.threshold.copy_(tensors[_THRESHOLD])
+    return tc.requires_grad_(False)
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise TranscoderFileError(f"{path} is missing")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # noqa: BLE001 (safetensors raises its own error types for a bad file)
+        raise TranscoderFileError(f"{path} is not a readable safetensors file ({type(err).__name__}: "
+                                  f"{' '.join(str(err).split())[:200]})") from None
+
+
+def _layers_in(folder: Path, config: dict) -> list[int]:
+    if "layers" in config:
+        try:
+            return sorted(int(l) for l in config["layers"])
+        except (TypeError, ValueError):
+            raise TranscoderFileError(f"{folder / CONFIG_FILE}: layers {config['layers']!r} are not "
+                                      f"layer numbers") from None
+    return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _LAYER_FILE.match(p.name)))
+
+
+def load_transcoder(folder: str | Path, layer: int, *, model: Transformer | None = None) -> Transcoder:
+    """The transcoder of ``layer`` in ``folder``; refused (one line) when the folder has none for that layer,
+    its file lacks a tensor or has one of the wrong shape, its config does not parse, or, with ``model``,
+    it is for another width or the layer is not the model's."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TranscoderFileError(f"no transcoder folder at {folder}")
+    config = _read_config(folder)
+    if model is not None:
+        _check_layer(model, layer)
+    layers = _layers_in(folder, config)
+    if layer not in layers:
+        raise TranscoderFileError(f"{folder} has no transcoder for layer {layer!r}; it has layers {layers}")
+    path = folder / _layer_file(layer)
+    tensors = _read_tensors(path)
+    cfg = _layer_config(config, layer, tensors, path)
+    width = config.get("d_model")
+    if width is not None and width != cfg.d_model:
+        raise TranscoderFileError(f"{path}: its config says d_model={cfg.d_model}, the set's is {width!r}")
+    tc = _from_tensors(cfg, tensors, path)
+    if model is not None:
+        _check_width(tc, model, str(path))
+    return tc
+
+
+def load_transcoders(folder: str | Path, *, model: Transformer | None = None) -> dict[int, Transcoder]:
+    """Every transcoder in ``folder``, by layer (see :func:`load_transcoder` for what is refused)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TranscoderFileError(f"no transcoder folder at {folder}")
+    layers = _layers_in(folder, _read_config(folder))
+    if not layers:
+        raise TranscoderFileError(f"{folder} holds no layer_<l>.safetensors file")
+    return {l: load_transcoder(folder, l, model=model) for l in layers}
+
+
+# ------------------------------------------------------- the replacement model
+class _TranscodedBlock(Block):
+    """A :class:`Block` whose MLP is a transcoder (plus, with ``keep_error``, the true MLP's residual).
+
+    It holds the original block's parameters and norms (shared, not copied), so
+    attention and every reader are unchanged; plain and masked runs and every
+    method call ``mlp`` and get the transcoder.
+    """
+
+    def __init__(self, block: Block, transcoder: Transcoder, keep_error: bool):
+        nn.Module.__init__(self)
+        self.cfg = block.cfg
+        for name, p in block._parameters.items():
+            self.register_parameter(name, p)
+        for name, m in block._modules.items():
+            self.add_module(name, m)
+        self.transcoder = transcoder
+        self.keep_error = keep_error
+        object.__setattr__(self, "transcoder_base", block)  # the original block, not registered (no duplicate)
+
+    def mlp(self, x):  # x normed, [B, S, D] -> [B, S, D]
+        out = self.transcoder(x)
+        if self.keep_error:
+            err = super().mlp(x) - out  # the error term, from the same input
+            out = out + err
+        return out
+
+
+def replace_mlps(model: Transformer, transcoders: dict[int, Transcoder], *, keep_error: bool = False
+                 ) -> Transformer:
+    """``model`` with the MLP of each layer in ``transcoders`` computed by its transcoder.
+
+    A new :class:`Transformer` sharing ``model``'s parameters (as
+    :meth:`Transformer.with_conventions` does) and the transcoders given; ``model``
+    itself is unchanged. With ``keep_error`` each replaced MLP also adds its error
+    term (true output minus the transcoder's, from the same input), so the result
+    equals ``model`` up to float rounding.
+    """
+    if isinstance(transcoders, Transcoder):
+        transcoders = {transcoders.layer: transcoders}
+    blocks = list(model.blocks)
+    for layer, tc in transcoders.items():
+        _check_layer(model, layer)
+        if not isinstance(tc, Transcoder):
+            raise ValueError(f"transcoders[{layer}] must be a Transcoder, got {type(tc).__name__}")
+        if tc.layer != layer:
+            raise ValueError(f"transcoders[{layer}] is the transcoder of layer {tc.layer}, not {layer}")
+        _check_width(tc, model, f"transcoders[{layer}]")
+        base = blocks[layer].transcoder_base if isinstance(blocks[layer], _TranscodedBlock) else blocks[layer]
+        blocks[layer] = _TranscodedBlock(base, tc.to(model.W_E.dtype), keep_error)
+    other = copy.copy(model)
+    other._modules = dict(model._modules)  # a new module dict: assigning blocks must not touch model's
+    other._parameters = dict(model._parameters)
+    other.blocks = nn.ModuleList(blocks)
+    return other
+
+
+@dataclasses.dataclass(frozen=True)
+class Faithfulness:
+    """How closely a replacement model reproduces the original on a set of examples."""
+
+    agreement: float  # fraction of examples decoded alike at every answer position
+    n_examples: int
+    kl: float | None  # mean KL(original || replacement) over answer positions; None for numerical outputs
+    max_abs_logit_diff: float
+
+
+def replacement_faithfulness(model: Transformer, replaced: Transformer, examples) -> Faithfulness:
+    """Decoded agreement (Tracr programs' criterion) and KL (language models') of ``replaced`` against ``model``."""
+    with torch.no_grad():
+        mask = examples.valid
+        a = model(examples.clean, attention_mask=mask)
+        b = replaced(examples.clean, attention_mask=mask)
+        agree = examples.agree(a, b).float().mean().item()
+        at = examples.answer
+        kl = None
+        if examples.kind == "categorical":
+            la, lb = a[at].log_softmax(-1), b[at].log_softmax(-1)
+            kl = (la.exp() * (la - lb)).sum(-1).mean().item()
+        diff = (a - b)[at].abs().max().item() if bool(at.any()) else 0.0
+    return Faithfulness(agree, len(examples), kl, diff)
+
+
+# ----------------------------------------------------------------- matching
+@dataclasses.dataclass(frozen=True)
+class FeatureMatch:
+    """A trained transcoder's features matched to the true ones on a set of inputs (:func:`match_features`).
+
+    Per true feature ``i`` (tuples indexed by ``i``): the trained feature with the
+    highest encoder cosine, decoder cosine and activation correlation, and those
+    values. Counts are over the *evaluable* true features: those that fire on some
+    input and whose activation varies (one that never fires, or that is the same on
+    every input and so indistinguishable from the decoder bias, cannot be recovered
+    from data; they are listed apart).
+    """
+
+    threshold: float
+    dense_fraction: float
+    span: str
+    n_inputs: int
+    n_true: int
+    n_trained: int
+    evaluable: tuple[int, ...]  # true features that fire and vary on the inputs
+    never_fire: tuple[int, ...]  # true features inactive on every input
+    constant: tuple[int, ...]  # true features that fire with one value on every input
+    best_encoder: tuple[int, ...]
+    encoder_cos: tuple[float, ...]
+    best_decoder: tuple[int, ...]
+    decoder_cos: tuple[float, ...]
+    best_correlation: tuple[int, ...]
+    correlation: tuple[float, ...]
+    recovered_by: tuple[int, ...]  # the trained feature recovering each true one (-1: none)
+    recovered: tuple[int, ...]  # evaluable true features recovered
+    split: tuple[int, ...]  # true features split over >= 2 trained ones
+    merged: tuple[int, ...]  # trained features that merge >= 2 true ones
+    dead: tuple[int, ...]  # trained features inactive on every input
+    dense: tuple[int, ...]  # trained features active on more than dense_fraction of the inputs
+
+    @property
+    def recovered_fraction(self) -> float:
+        return len(self.recovered) / len(self.evaluable) if self.evaluable else 1.0
+
+    def summary(self) -> dict:
+        return {"true": self.n_true, "evaluable": len(self.evaluable), "never_fire": len(self.never_fire),
+                "constant": len(self.constant), "recovered": len(self.recovered),
+                "recovered_fraction": self.recovered_fraction, "split": len(self.split),
+                "merged": len(self.merged), "dead": len(self.dead), "dense": len(self.dense),
+                "trained": self.n_trained}
+
+
+def _data_span(x: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
+    """``[D, D]`` orthogonal projection onto the span of the centred inputs ``x [N, D]``."""
+    xc = (x - x.mean(0)).double()
+    _, s, vh = torch.linalg.svd(xc, full_matrices=False)
+    keep = s > rtol * s.max() if len(s) and bool(s.max() > 0) else torch.zeros_like(s, dtype=torch.bool)
+    v = vh[keep]  # [r, D]
+    return v.T @ v
+
+
+def _cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # rows [n, D], [m, D] -> [n, m]
+    an, bn = a.norm(dim=-1, keepdim=True), b.norm(dim=-1, keepdim=True)
+    return (a / an.clamp_min(1e-12)) @ (b / bn.clamp_min(1e-12)).T
+
+
+def _correlations(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # [N, n], [N, m] -> [n, m]; 0 where constant
+    ac, bc = a - a.mean(0), b - b.mean(0)
+    sa, sb = ac.norm(dim=0), bc.norm(dim=0)
+    c = (ac.T @ bc) / (sa[:, None] * sb[None, :]).clamp_min(1e-12)
+    return torch.where((sa[:, None] > 0) & (sb[None, :] > 0), c, torch.zeros_like(c))
+
+
+def match_features(trained: Transcoder, true: Transcoder, x_in: torch.Tensor, *, threshold: float = 0.9,
+                   dense_fraction: float = 0.5, span: Literal["data", "raw"] = "data") -> FeatureMatch:
+    """Match ``trained``'s features to ``true``'s on inputs ``x_in [N, D]`` (normed MLP inputs).
+
+    ReLU features are defined up to a positive scale, so directions are compared
+    (cosines), never norms. Encoders are compared on what they compute on the data:
+    with ``span="data"`` (default) both are projected onto the span of the centred
+    inputs first, since a component the inputs never vary along (Tracr's constant
+    ``one`` direction, which trades off with ``b_enc``; directions unused at this layer)
+    changes no activation. ``span="raw"`` compares the weights as they are.
+
+    Definitions (``t`` = ``threshold``; "fires" means activation > 0 on an input):
+
+    - *recovered*: an evaluable true feature ``i`` with a trained ``j`` whose encoder
+      and decoder cosines to ``i`` are both >= t (``recovered_by[i]``: the one with the
+      highest decoder cosine among those).
+    - *split*: a true ``i`` with >= 2 live trained features that each write its
+      direction (decoder cosine >= t) and fire only where it fires (on >= t of their
+      own firing inputs).
+    - *merged*: a live, non-dense trained ``j`` that, for >= 2 evaluable true
+      features, fires on >= t of each one's firing inputs and writes a substantial part
+      of each one's direction (decoder cosine >= 1/2).
+    - *dead*: fires on no input; *dense*: fires on more than ``dense_fraction`` of them.
+    """
+    if span not in ("data", "raw"):
+        raise ValueError(f"span={span!r}; choose 'data' or 'raw'")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+    D = true.cfg.d_model
+    if trained.cfg.d_model != D or x_in.ndim != 2 or x_in.shape[1] != D or len(x_in) == 0:
+        raise ValueError(f"trained and true transcoders must share d_model and x_in be [N, {D}]: got "
+                         f"d_model {trained.cfg.d_model} and {true.cfg.d_model}, x_in {tuple(x_in.shape)}")
+    with torch.no_grad():
+        x = x_in.double()
+        true, trained = copy.deepcopy(true).double(), copy.deepcopy(trained).double()  # callers' modules untouched
+        ft, fr = true.encode(x), trained.encode(x)  # [N, Tt], [N, Tr]
+        enc_t, enc_r = true.W_enc.double().T, trained.W_enc.double().T  # [Tt, D], [Tr, D]
+        if span == "data":
+            P = _data_span(x)
+            enc_t, enc_r = enc_t @ P, enc_r @ P
+        enc = _cosines(enc_t, enc_r)  # [Tt, Tr]
+        dec = _cosines(true.W_dec.double(), trained.W_dec.double())  # [Tt, Tr]
+        corr = _correlations(ft, fr)  # [Tt, Tr]
+        on_t, on_r = (ft > 0).double(), (fr > 0).double()  # [N, Tt], [N, Tr]
+        both = on_t.T @ on_r  # [Tt, Tr]: inputs where both fire
+        cover = both / on_t.sum(0)[:, None].clamp_min(1)  # share of i's inputs on which j fires
+        purity = both / on_r.sum(0)[None, :].clamp_min(1)  # share of j's inputs on which i fires
+    fires_t = on_t.sum(0) > 0
+    varies_t = ft.std(0) > 0 if len(x) > 1 else torch.zeros_like(fires_t)
+    evaluable = fires_t & varies_t
+    live = on_r.sum(0) > 0
+    dense = on_r.mean(0) > dense_fraction
+    ok = (enc >= threshold) & (dec >= threshold)  # [Tt, Tr]
+    rec_by = torch.where(ok.any(1) & evaluable, torch.where(ok, dec, -2.0).argmax(1), -1)
+    splits = ((dec >= threshold) & (purity >= threshold) & live[None, :]).sum(1) >= 2
+    merges = ((cover >= threshold) & (dec >= 0.5) & evaluable[:, None]).sum(0) >= 2
+    merges &= live & ~dense
+
+    def ids(mask):
+        return tuple(int(i) for i in mask.nonzero().flatten())
+
+    def best(m):
+        if m.shape[1] == 0:
+            return (-1,) * m.shape[0], (0.0,) * m.shape[0]
+        v, i = m.max(1)
+        return tuple(int(a) for a in i), tuple(float(a) for a in v)
+
+    (be, ce), (bd, cd), (bc, cc) = best(enc), best(dec), best(corr)
+    return FeatureMatch(
+        threshold=threshold, dense_fraction=dense_fraction, span=span, n_inputs=len(x_in),
+        n_true=true.cfg.d_transcoder, n_trained=trained.cfg.d_transcoder,
+        evaluable=ids(evaluable), never_fire=ids(~fires_t), constant=ids(fires_t & ~varies_t),
+        best_encoder=be, encoder_cos=ce, best_decoder=bd, decoder_cos=cd, best_correlation=bc, correlation=cc,
+        recovered_by=tuple(int(a) for a in rec_by), recovered=ids(rec_by >= 0),
+        split=ids(splits & evaluable), merged=ids(merges), dead=ids(~live), dense=ids(dense & live),
+    )
