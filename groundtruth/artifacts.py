@@ -32,11 +32,14 @@ from prune.data import Examples
 from prune.files import read_json
 from prune.model import Transformer, TransformerConfig
 
-__all__ = ["Artifact", "ArtifactError", "load_artifact", "load_all", "save_case", "ARTIFACT_FILES", "DEFAULT_ROOT"]
+__all__ = ["Artifact", "ArtifactError", "load_artifact", "load_all", "save_case", "save_variant", "ARTIFACT_FILES",
+           "DEFAULT_ROOT", "VARIANT_ROOT"]
 
 FORMAT_VERSION = 1
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "compiled_models"
+VARIANT_ROOT = Path(__file__).resolve().parent.parent / "compiled_variants"
 ARTIFACT_FILES = ("model.safetensors", "examples.safetensors", "config.json", "circuits.json")
+VARIANT_FILES = (*ARTIFACT_FILES, "directions.safetensors")  # a variant's: W, the image of each labelled direction
 
 
 class ArtifactError(ValueError):
@@ -54,6 +57,13 @@ class Artifact:
     config: dict
     circuits: dict  # variant -> edge names; variants: semantic, structural, functional:<ablation>
     provenance: dict
+    W: torch.Tensor | None = None  # a variant's [width, D]: column i is residual_labels[i]'s image
+
+    def directions(self) -> dict[str, torch.Tensor]:
+        """Each labelled direction of the compiled residual, as the vector it is in this model's stream."""
+        labels = self.config["residual_labels"]
+        W = torch.eye(len(labels)) if self.W is None else self.W
+        return dict(zip(labels, W.T.unbind(0), strict=True))
 
     def functional(self, ablation: str) -> list[str]:
         key = f"functional:{ablation}"
@@ -158,16 +168,37 @@ def remove_stale_builds(root: Path, name: str) -> list[Path]:
     return stale
 
 
+def _write_atomically(root: Path, name: str, write) -> Path:
+    """Write a folder ``root/<name>/`` atomically: ``write(tmp)`` fills a temporary folder, which is then
+    renamed into place (replacing an old one); on any failure nothing is left behind."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / name
+    remove_stale_builds(root, name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=_BUILDING, dir=root))
+    try:
+        write(tmp)
+        mask = _umask()
+        for f in tmp.iterdir():  # safetensors writes 0600 files; give every file open()'s mode, per the umask
+            os.chmod(f, 0o666 & ~mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it 0700; a folder that others can read, per the umask
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{name}.old.", suffix=_BUILDING, dir=root))
+            os.rename(final, old / "x")
+            os.rename(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
 def save_case(case, root: Path | str = DEFAULT_ROOT) -> Path:
     """Write ``case`` to ``root/<name>/`` atomically; returns the folder."""
     import importlib.metadata as md
 
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / case.program.name
-    remove_stale_builds(root, case.program.name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{case.program.name}.", suffix=_BUILDING, dir=root))
-    try:
+    def write(tmp: Path) -> None:
         save_file(_state_dict(case.model), str(tmp / "model.safetensors"))
         save_file(_examples_tensors(case.examples), str(tmp / "examples.safetensors"))
         for fname, content in case_files(case).items():
@@ -181,21 +212,55 @@ def save_case(case, root: Path | str = DEFAULT_ROOT) -> Path:
             "files_sha256": {f: _sha256(tmp / f) for f in ARTIFACT_FILES},
         }
         (tmp / "provenance.json").write_text(_dumps(provenance))
-        mask = _umask()
-        for f in tmp.iterdir():  # safetensors writes 0600 files; give every file open()'s mode, per the umask
-            os.chmod(f, 0o666 & ~mask)
-        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it 0700; a folder that others can read, per the umask
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{case.program.name}.old.", suffix=_BUILDING, dir=root))
-            os.rename(final, old / "x")
-            os.rename(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+
+    return _write_atomically(Path(root), case.program.name, write)
+
+
+def variant_files(variant, parent: Artifact) -> dict[str, dict]:
+    """A variant's config.json and circuits.json, in memory: the parent's config with the variant's model
+    and how it was made (``config["variant"]``); its own verified ground truth."""
+    config = json.loads(json.dumps(parent.config))  # a deep copy of plain JSON
+    config.update(name=variant.name, model=variant.model.cfg.to_dict(),
+                  description=f"{parent.config['description']} ({variant.kind} variant)",
+                  inert={a: v.inert for a, v in variant.verifications.items()})
+    config["variant"] = {**variant.info, "differences": {a: d.to_dict() for a, d in variant.differences.items()}}
+    circuits = {
+        "variants": {k: list(v) for k, v in variant.circuits.items()},
+        "verification": {
+            a: {"sufficient": v.sufficient, "n_examples": v.n_examples, "n_reproduced": v.n_reproduced,
+                "inert": v.inert}
+            for a, v in variant.verifications.items()
+        },
+        "nodes": {k: variant.model.graph.nodes_of(v) for k, v in variant.circuits.items()},
+        "n_edges_total": variant.model.graph.n_edges,
+    }
+    return {"config.json": config, "circuits.json": circuits}
+
+
+def save_variant(variant, parent: Artifact, root: Path | str = VARIANT_ROOT) -> Path:
+    """Write a :class:`groundtruth.variant_case.VariantCase` to ``root/<program>@<kind>/`` atomically: the
+    program's files plus ``directions.safetensors`` (``W`` ``[width, D]``: column i is the image of the
+    compiled direction ``residual_labels[i]``; the identity for a perturbed variant of full width)."""
+    D = parent.model.cfg.d_model
+    W = variant.W if variant.W is not None else torch.eye(D, dtype=parent.model.W_E.dtype)
+
+    def write(tmp: Path) -> None:
+        save_file(_state_dict(variant.model), str(tmp / "model.safetensors"))
+        save_file(_examples_tensors(variant.examples), str(tmp / "examples.safetensors"))
+        save_file({"W": W.detach().contiguous()}, str(tmp / "directions.safetensors"))
+        for fname, content in variant_files(variant, parent).items():
+            (tmp / fname).write_text(_dumps(content))
+        provenance = {
+            "format_version": FORMAT_VERSION,
+            "program": parent.name,
+            "variant": variant.name,
+            "program_source_sha256": parent.provenance["program_source_sha256"],
+            "parent_files_sha256": parent.provenance["files_sha256"],
+            "files_sha256": {f: _sha256(tmp / f) for f in VARIANT_FILES},
+        }
+        (tmp / "provenance.json").write_text(_dumps(provenance))
+
+    return _write_atomically(Path(root), variant.name, write)
 
 
 def _read_json(path: Path) -> dict:
@@ -206,13 +271,16 @@ def _read_json(path: Path) -> dict:
 
 
 def _artifact_path(name_or_path: Path | str) -> Path:
-    """A bare name (no path separator) is a program in ``compiled_models/``; anything else a folder."""
+    """A bare name (no path separator) is a program in ``compiled_models/``, or with an ``@`` a variant in
+    ``compiled_variants/``; anything else a folder."""
     if isinstance(name_or_path, str) and name_or_path and os.sep not in name_or_path and "/" not in name_or_path:
-        path = DEFAULT_ROOT / name_or_path
+        root, what = (VARIANT_ROOT, "variant") if "@" in name_or_path else (DEFAULT_ROOT, "compiled program")
+        path = root / name_or_path
         if not path.is_dir():
-            known = sorted(p.name for p in DEFAULT_ROOT.iterdir() if p.is_dir() and not p.name.startswith("."))
-            raise ArtifactError(f"no compiled program named {name_or_path!r} in {DEFAULT_ROOT}; "
-                                f"choose one of {', '.join(known)}, or give a folder path")
+            known = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                           ) if root.is_dir() else []
+            raise ArtifactError(f"no {what} named {name_or_path!r} in {root}; "
+                                f"choose one of {', '.join(known) or '(none built)'}, or give a folder path")
         return path
     return Path(name_or_path)
 
@@ -224,9 +292,10 @@ def load_artifact(name_or_path: Path | str) -> Artifact:
         raise ArtifactError(f"no artifact folder at {path}")
     provenance = _read_json(path / "provenance.json")
     hashes = provenance.get("files_sha256")
-    if not isinstance(hashes, dict) or set(hashes) != set(ARTIFACT_FILES):
-        raise ArtifactError(f"{path / 'provenance.json'} lists no file hashes for {list(ARTIFACT_FILES)}")
-    for fname in ARTIFACT_FILES:
+    files = VARIANT_FILES if "variant" in provenance else ARTIFACT_FILES
+    if not isinstance(hashes, dict) or set(hashes) != set(files):
+        raise ArtifactError(f"{path / 'provenance.json'} lists no file hashes for {list(files)}")
+    for fname in files:
         f = path / fname
         if not f.exists():
             raise ArtifactError(f"{f} is missing; rebuild with `groundtruth build`")
@@ -285,7 +354,14 @@ def load_artifact(name_or_path: Path | str) -> Artifact:
                 model.graph.edge_position(e)
             except KeyError as err:
                 raise ArtifactError(f"{path / 'circuits.json'}: {variant}: {err.args[0]}") from None
-    return Artifact(path.name, path, model, examples, config, variants, provenance)
+    W = None
+    if "variant" in provenance:
+        W = _load_tensors(path / "directions.safetensors").get("W")
+        D = len(config.get("residual_labels", []))
+        if W is None or W.ndim != 2 or tuple(W.shape) != (cfg.d_model, D):
+            raise ArtifactError(f"{path / 'directions.safetensors'}: W must be [{cfg.d_model}, {D}] (the width, "
+                                f"the compiled width), got {None if W is None else list(W.shape)}")
+    return Artifact(path.name, path, model, examples, config, variants, provenance, W)
 
 
 def _check_fit(cfg: TransformerConfig, state: dict[str, torch.Tensor], path: Path) -> None:

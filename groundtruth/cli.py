@@ -1,8 +1,13 @@
 """``groundtruth`` command line.
 
   groundtruth build [PROGRAM ...] [--out DIR]   compile the library (or some of it) into artifacts
-  groundtruth check SPEC [SPEC ...] [--draw DIR] compile, convert, derive and verify; write nothing but the
-                                                drawings asked for (each ground truth, nodes labelled by RASP)
+  groundtruth check SPEC [SPEC ...] [--draw DIR] [--variant KIND]
+                                                compile, convert, derive and verify; write nothing but the
+                                                drawings asked for (each ground truth, nodes labelled by RASP);
+                                                --variant: also build that variant and verify its ground truth
+  groundtruth variant [PROGRAM ...] --kind KIND [--width D] [--noise X] [--seed S] [--out DIR]
+                                                build compressed and/or perturbed variants of library programs
+                                                into compiled_variants/<program>@<kind>/, ground truth verified
   groundtruth table [--root DIR]                the library table (markdown) from the artifacts
   groundtruth recover [SPEC ...] [--ablations zero,resample] [--seeds 0,1] [--pruner MOD:FN] [--report FILE]
                       [--draw DIR]              does a pruner recover the ground truth exactly? (--draw: each
@@ -13,7 +18,8 @@
   groundtruth report TABLE.json [--out FILE]    one static HTML page of a compare or recovery table, sortable,
                                                 each row linked to its drawing and circuit JSON
 
-SPEC is a library name, ``FILE.py`` (every program in it) or ``FILE.py:NAME``.
+SPEC is a library name, ``FILE.py`` (every program in it) or ``FILE.py:NAME``; ``recover`` also takes
+a built variant's name (``reverse@compressed``). KIND is compressed, perturbed or compressed+perturbed.
 SEEDS is ``0``, ``0,1,2``, ``0-9`` or a mix (``0-3,7``).
 
 Every bad argument or input prints one line ``error: ...`` naming the value
@@ -220,12 +226,76 @@ def cmd_check(args) -> int:
                 failed = True
                 print(f"{prog.name} functional:{ablation} NOT verified: reproduces "
                       f"{v.n_reproduced}/{v.n_examples}, inert {v.inert}")
+        if args.variant is not None:
+            failed |= not _print_variant(_build_variant(case, args))
     # Drawn once every program has compiled and verified: a program refused on the way leaves no drawing behind.
     for circuit, stem, labels in drawings:
         files = save_circuit_files(circuit, f"{stem}.json", stem, labels=labels)
         print(f"drawn: {files['drawing']} (and .svg), circuit {files['circuit']}")
     _print_table(rows)
     return 1 if failed else 0
+
+
+def _variant_options(args) -> dict:
+    kind = args.kind if hasattr(args, "kind") else args.variant
+    if args.width is not None and kind == "perturbed":
+        raise UsageError("--width applies to a compressed variant; --kind perturbed keeps the compiled width")
+    if args.noise is not None and kind == "compressed":
+        raise UsageError("--noise applies to a perturbed variant; --kind compressed adds no noise")
+    return {"width": args.width, "noise": args.noise, "seed": args.seed}
+
+
+def _build_variant(parent, args, base=None):
+    from groundtruth.variant_case import build_variant
+
+    kind = args.kind if hasattr(args, "kind") else args.variant
+    return build_variant(parent, kind, base=base, **_variant_options(args))
+
+
+def _print_variant(variant) -> bool:
+    info = variant.info
+    print(f"{variant.name}: width {info['width']} of {info['compiled_width']}"
+          + (f" ({info['recipe']['stage']} weights)" if "recipe" in info else "")
+          + (f", noise scale {info['noise_scale']:.3g}" if "noise_scale" in info else "")
+          + f", structural {info['structural_size']} edges, {variant.seconds:.1f} s")
+    for ablation, d in variant.differences.items():
+        print(f"  functional:{ablation} ({len(variant.functional(ablation))} edges): "
+              f"{', '.join(variant.functional(ablation)) or '-'}")
+        print(f"    against the program's: +{len(d.added)} -{len(d.removed)}; {d.why}")
+    return all(v.ok for v in variant.verifications.values())
+
+
+def cmd_variant(args) -> int:
+    from groundtruth.artifacts import load_artifact, save_variant
+    from groundtruth.registry import library
+
+    lib = library()
+    names = args.programs or list(lib)
+    unknown = [n for n in names if n not in lib]
+    if unknown:
+        raise UsageError(f"no library program {unknown[0]!r}; choose from {', '.join(lib)}")
+    if len(set(names)) != len(names):
+        raise UsageError(f"a program is named twice in {' '.join(names)}; name each program once")
+    _variant_options(args)
+    if args.width is not None and len(names) > 1:
+        raise UsageError(f"--width {args.width} names one width for {len(names)} programs of different widths; "
+                         f"give one program, or no --width to search each program's smallest")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    parents = [load_artifact(n) for n in names]
+    for parent in tqdm(parents, desc="variants", disable=args.quiet, file=sys.stderr, leave=False):
+        base = None
+        compressed = Path(args.out) / f"{parent.name}@compressed"
+        if args.kind == "compressed+perturbed" and args.width is None and compressed.is_dir():
+            base = load_artifact(compressed)  # its width was searched once: perturb that model, not a new one
+            if base.provenance.get("parent_files_sha256") != parent.provenance["files_sha256"]:
+                raise UsageError(f"{compressed} was built from another version of {parent.name}; rebuild it "
+                                 f"with `groundtruth variant {parent.name} --kind compressed`")
+        variant = _build_variant(parent, args, base)
+        _print_variant(variant)
+        print(f"written: {save_variant(variant, parent, args.out)}")
+    return 0
 
 
 def cmd_table(args) -> int:
@@ -287,9 +357,10 @@ def _targets(specs):
         else:
             names.append(spec)
     lib = library()
-    unknown = [n for n in names if n not in lib]
+    unknown = [n for n in names if n not in lib and "@" not in n]  # name@kind: a variant, loaded below
     if unknown:
-        raise UsageError(f"no library program {unknown[0]!r}; choose from {', '.join(lib)} or give FILE.py[:NAME]")
+        raise UsageError(f"no library program {unknown[0]!r}; choose from {', '.join(lib)}, a built variant "
+                         f"(PROGRAM@KIND) or give FILE.py[:NAME]")
     arts = [load_artifact(n) for n in names]
     dup = {n for n in [*names, *(p.name for p in files)] if [*names, *(p.name for p in files)].count(n) > 1}
     if dup:
@@ -393,10 +464,37 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def _width(text: str) -> int:
+    return parse_int(text, "", minimum=1)
+
+
+def _noise(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a scale >= 0") from None
+    if not value >= 0 or value == float("inf"):  # NaN fails >= too
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite scale >= 0")
+    return value
+
+
+def _variant_arguments(p) -> None:
+    p.add_argument("--width", type=_width, default=None,
+                   help="compressed width (default: the smallest found, from the read basis down)")
+    p.add_argument("--noise", type=_noise, default=None,
+                   help="noise scale, relative to each weight's RMS (default: half the largest that decodes)")
+    p.add_argument("--seed", type=_one_seed, default=0, help="the noise's seed")
+
+
+def _one_seed(text: str) -> int:
+    return parse_int(text, "", minimum=0, maximum=MAX_SEED)
+
+
 def _parser() -> argparse.ArgumentParser:
-    from groundtruth.artifacts import DEFAULT_ROOT
+    from groundtruth.artifacts import DEFAULT_ROOT, VARIANT_ROOT
     from groundtruth.compare import DEFAULT_OUT
     from groundtruth.recovery import DEFAULT_PRUNER
+    from groundtruth.variant_case import KINDS as VARIANT_KINDS
 
     parser = ArgumentParser(prog="groundtruth", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
@@ -409,8 +507,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("specs", nargs="+", help="library names or FILE.py[:NAME]")
     p.add_argument("--draw", type=Path, default=None, metavar="DIR",
                    help="draw each ground truth (nodes labelled with the RASP they compute) into DIR")
+    p.add_argument("--variant", choices=VARIANT_KINDS, default=None,
+                   help="also build this variant of each program and verify its ground truth")
+    _variant_arguments(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_check)
+    p = sub.add_parser("variant", help="build compressed or perturbed variants into compiled_variants/")
+    p.add_argument("programs", nargs="*", help="library names (default: the whole library)")
+    p.add_argument("--kind", choices=VARIANT_KINDS, required=True)
+    _variant_arguments(p)
+    p.add_argument("--out", type=Path, default=VARIANT_ROOT)
+    p.add_argument("--threads", type=_threads, default=DEFAULT_THREADS, help=f"torch CPU threads, 1 to {MAX_THREADS}")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_variant)
     p = sub.add_parser("table", help="print the library table from the artifacts")
     p.add_argument("--root", type=Path, default=DEFAULT_ROOT)
     p.set_defaults(func=cmd_table)

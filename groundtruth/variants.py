@@ -2,10 +2,10 @@
 
 Tracr's ``CompressedTransformer`` reads the residual stream through a matrix
 ``W`` (``d x D``, D the compiled width) and writes through ``W^T``: a layer sees
-``x = h @ W`` of the compressed stream ``h`` and adds ``out @ W^T``. Folding
-``W`` into the weights makes that model an ordinary
-:class:`prune.model.Transformer` of width ``d``, on which the masked model, the
-ablations and every method run unchanged:
+``x = h @ W`` of the compressed stream ``h`` and adds ``out @ W^T``
+(:func:`read_through`). Folding ``W`` into the weights makes that model an
+ordinary :class:`prune.model.Transformer` of width ``d`` (:func:`fold`), on
+which the masked model, the ablations and every method run unchanged:
 
 - embeddings and every write (``W_O``, ``b_O``, ``W_out``, ``b_out``) are
   multiplied by ``W^T`` on the right;
@@ -15,20 +15,25 @@ ablations and every method run unchanged:
 That is exact only without a norm between the stream and its readers (a norm
 does not commute with ``W``): compiled Tracr models have none.
 
-:func:`residual_basis` gives the ``W`` that loses nothing on a data set: an
-orthonormal basis of the span of every residual state the model passes
-through. Its width is that span's rank, so interference is none.
+Two projections lose nothing on a data set. :func:`residual_basis` spans every
+residual state the model passes through. :func:`read_basis` is narrower: only
+the part of that span some reader reads (the states projected onto the
+readers' weight columns), so values that no reader tells apart (three tokens
+that every MLP maps alike) share a direction. Both are exact, with no
+interference.
 
-:func:`compress` goes narrower, where features must share dimensions: it folds
-the top principal directions of the residual states and fine-tunes every
-weight of the folded model until it decodes every example as the compiled
-model does (the recipe is recorded). Tracr's own method keeps the compiled
-weights frozen and learns only ``W``; that stage, and ground truth for the
-variants, are not here yet.
+:func:`compress` goes narrower than the read basis, where features must share
+dimensions and interfere. Starting from the top principal directions of the
+read part of the states, it first learns ``W`` with the compiled weights
+frozen (Tracr's method), then, where that decodes at no learning rate, ``W``
+and every weight together; the losses are the output loss plus a
+reconstruction of the compiled residual at every layer. The stage that
+succeeded is recorded.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import torch
@@ -36,7 +41,8 @@ import torch
 from prune.data import Examples
 from prune.model import Transformer
 
-__all__ = ["fold", "residual_basis", "principal_directions", "Compression", "compress"]
+__all__ = ["fold", "read_through", "residual_basis", "read_basis", "principal_directions", "Compression", "compress",
+           "Perturbation", "perturb"]
 
 _READS = ("W_Q", "W_K", "W_V", "W_in", "W_gate")
 _WRITES = ("W_O", "b_O", "W_out", "b_out")
@@ -91,57 +97,249 @@ def principal_directions(model: Transformer, examples: Examples, width: int) -> 
     the best rank-``width`` linear reconstruction of the stream."""
     return torch.linalg.svd(_residual_states(model, examples), full_matrices=False)[2][:width].to(model.W_E.dtype)
 
+def read_through(model: Transformer, W: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor):
+    """The compressed model computed from ``model``'s own blocks, differentiable in ``W`` ``[d, D]`` and
+    the weights: ``(logits, states)``, ``states`` the residual read back into ``D`` dimensions
+    (``h @ W``) before every attention, every MLP and the unembedding, each ``[B, S, D]``.
+    ``read_through(model, eye(D), ...)`` is the compiled model and its own residual."""
+    h = model.embed(tokens) @ W.T  # [B, S, d]
+    states = []
+    for block in model.blocks:
+        x = h @ W
+        states.append(x)
+        h = h + block.attention(x, x, x, attention_mask, None).sum(0) @ W.T
+        x = h @ W
+        states.append(x)
+        h = h + block.mlp(x) @ W.T
+    x = h @ W
+    states.append(x)
+    return model.unembed(model.ln_f(x)), states
+
+
+def _read_columns(model: Transformer) -> torch.Tensor:
+    """``[D, K]`` float64: every column any reader multiplies the stream by."""
+    cols = [model.W_U]
+    for b in model.blocks:
+        cols += [*b.W_Q.unbind(0), *b.W_K.unbind(0), *b.W_V.unbind(0), b.W_in]
+        if b.W_gate is not None:
+            cols.append(b.W_gate)
+    return torch.cat([c.detach().double() for c in cols], 1)
+
+
+@torch.no_grad()
+def _read_part(model: Transformer, examples: Examples, rtol: float) -> torch.Tensor:
+    """``[D, t]`` float64 orthonormal columns: the readers' columns projected onto the span of the residual
+    states. For a state x in that span and any reader column c, ``x . c = (x P) . c`` with P the projection
+    onto these columns, so nothing is lost (module doc)."""
+    S = residual_basis(model, examples, rtol=rtol).double()  # [r, D]
+    u, s, _ = torch.linalg.svd(S.T @ (S @ _read_columns(model)), full_matrices=False)
+    return u[:, : int((s > rtol * s[0]).sum())]
+
+
+@torch.no_grad()
+def read_basis(model: Transformer, examples: Examples, *, rtol: float = 1e-6) -> torch.Tensor:
+    """``[t, D]`` orthonormal rows: the part of every residual state on ``examples`` that some reader reads.
+    Folding it in loses nothing; ``t`` is at most the residual rank."""
+    return _read_part(model, examples, rtol).T.to(model.W_E.dtype)
+
+
+def _initial_projection(model: Transformer, examples: Examples, width: int) -> tuple[torch.Tensor, str]:
+    """``[width, D]`` and its name: the read basis padded with zero rows (unused dimensions) when it fits,
+    else the top principal directions of the read part of the residual states."""
+    T = _read_part(model, examples, 1e-6)  # [D, t]
+    t = T.shape[1]
+    if width >= t:
+        return torch.cat([T.T, T.new_zeros(width - t, T.shape[0])]).to(model.W_E.dtype), "read basis"
+    X = _residual_states(model, examples) @ T @ T.T  # [K, D]
+    W = torch.linalg.svd(X, full_matrices=False)[2][:width].to(model.W_E.dtype)
+    return W, "principal directions of the read part of the residual states"
+
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: a model and tensors have no truth value
 class Compression:
-    """A compressed variant: the folded, fine-tuned model of width ``width`` and how it was made."""
+    """A compressed variant: the folded model of width ``width`` and how it was made.
+
+    Column ``i`` of ``W`` is the image, in the compressed stream, of the compiled residual's direction ``i``
+    (its label is ``residual_labels[i]`` of the compiled model): it is what writing that direction adds and
+    what reading it takes the dot product with."""
 
     model: Transformer
-    W: torch.Tensor  # [width, D], the projection folded in before fine-tuning
+    W: torch.Tensor  # [width, D]
     width: int
     agreement: float  # fraction of examples decoded exactly as the compiled model does
     recipe: dict
 
+    def directions(self, labels: list[str]) -> dict[str, torch.Tensor]:
+        """Each labelled compiled direction's image ``[width]`` in the compressed stream."""
+        if len(labels) != self.W.shape[1]:
+            raise ValueError(f"{len(labels)} labels for a compiled width of {self.W.shape[1]}")
+        return dict(zip(labels, self.W.T.unbind(0), strict=True))
 
-def compress(model: Transformer, examples: Examples, width: int, *, learning_rates=(1e-4, 3e-5, 1e-3),
-             steps: int = 1500) -> Compression:
+
+def _loss(examples: Examples, logits, full, labels, states, targets, reconstruction: float) -> torch.Tensor:
+    at, v = examples.answer, examples.valid
+    if examples.kind == "categorical":
+        out = torch.nn.functional.cross_entropy(logits[at], labels[at])
+    else:
+        # Decoding allows atol: only errors above a quarter of it cost, so the loss spends itself on the
+        # outputs that would fail (a mean squared error is content to leave a few far off).
+        err = (logits[at][:, 0] - full[at][:, 0]).abs()
+        out = (torch.relu(err - examples.atol / 4) / examples.atol).pow(2).mean()
+    rec = sum((s - t)[v].pow(2).sum(-1).mean() / t[v].pow(2).sum(-1).mean() for s, t in zip(states, targets,
+                                                                                              strict=True))
+    return out + reconstruction * rec / len(states)
+
+
+def compress(model: Transformer, examples: Examples, width: int, *, learning_rates=(1e-3, 3e-4, 1e-4),
+             steps: int = 1500, patience: int = 300, reconstruction: float = 0.1) -> Compression:
     """The compiled ``model`` at residual width ``width``, decoding every example exactly (module doc).
 
-    Fine-tunes every weight of ``fold(model, principal_directions(...))`` with full-batch Adam against
-    the compiled model's decoded outputs (cross-entropy; numerical outputs: squared error), trying
-    each learning rate in turn until one decodes every example exactly. Deterministic: no sampling.
-    Raises ``ValueError`` naming the best agreement reached when none does.
+    Full-batch Adam on the output loss (cross-entropy against the compiled model's decoded labels;
+    numerical outputs: the error beyond a quarter of the tolerance) plus ``reconstruction`` times the
+    mean normalised squared error of the residual read back at every layer. First ``W`` alone, the
+    compiled weights frozen, at each learning rate in turn; then ``W`` and every weight. Stops at the
+    first step where every example decodes as compiled; a rate whose best agreement has not risen for
+    ``patience`` steps gives way to the next. Deterministic: no sampling.
+    Raises ``ValueError`` naming the best agreement reached when no stage and rate decodes every example.
     """
     D = model.cfg.d_model
     if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= D:
         raise ValueError(f"width {width!r} must be a whole number in [1, {D}] (the compiled width)")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive whole number, got {steps!r}")
-    W = principal_directions(model, examples, width)
+    for label, value in (("steps", steps), ("patience", patience)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{label} must be a positive whole number, got {value!r}")
+    compiled = copy.deepcopy(model).requires_grad_(False)
+    with torch.no_grad():
+        full, targets = read_through(compiled, torch.eye(D, dtype=model.W_E.dtype), examples.clean, examples.valid)
+    labels = examples.decode(full)
+    W0, init = _initial_projection(compiled, examples, width)
+    best = (-1.0, None, None)
+    for stage in ("frozen", "fine-tuned"):
+        for lr in learning_rates:
+            trained = copy.deepcopy(compiled).requires_grad_(stage == "fine-tuned")
+            W = W0.clone().requires_grad_(True)
+            opt = torch.optim.Adam([W, *trained.parameters()] if stage == "fine-tuned" else [W], lr=lr)
+            rate_best, since = -1.0, 0
+            for step in range(steps + 1):
+                logits, states = read_through(trained, W, examples.clean, examples.valid)
+                agreement = examples.agree(logits.detach(), full).float().mean().item()
+                if agreement == 1.0:
+                    folded = fold(trained, W.detach())
+                    with torch.no_grad():  # the folded model itself, not only the path that trained it
+                        agreement = examples.agree(folded(examples.clean, attention_mask=examples.valid),
+                                                   full).float().mean().item()
+                    if agreement == 1.0:
+                        recipe = {"init": init, "stage": stage,
+                                  "trained": "W" if stage == "frozen" else "W and every weight",
+                                  "optimizer": "Adam, full batch", "lr": lr, "steps": step,
+                                  "reconstruction": reconstruction, "learning_rates": list(learning_rates),
+                                  "max_steps": steps, "patience": patience}
+                        return Compression(model=folded, W=W.detach().clone(), width=width, agreement=1.0,
+                                           recipe=recipe)
+                best = max(best, (agreement, stage, lr), key=lambda b: b[0])
+                rate_best, since = (agreement, 0) if agreement > rate_best else (rate_best, since + 1)
+                if step == steps or since > patience:
+                    break
+                loss = _loss(examples, logits, full, labels, states, targets, reconstruction)
+                if not torch.isfinite(loss):
+                    break  # this rate diverged: the next one is tried
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+    raise ValueError(f"no compression to width {width} of {D} decodes every example: the best agreement was "
+                     f"{best[0]:.3f} ({best[1]} weights, learning rate {best[2]:g}, at most {steps} steps each); "
+                     f"try a wider width or more steps")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Perturbation:
+    """A perturbed variant: ``model`` with seeded Gaussian noise at ``scale`` on every weight.
+
+    ``critical_scale`` is the largest scale bisection found at which every example still decodes as
+    compiled; ``scale`` is ``margin`` times it, so that no single edge's noise sits on a decision boundary
+    (at the critical scale an output is within rounding of flipping, and removing any noisy edge can flip
+    it: the ground truth would be the noise's, not the program's)."""
+
+    model: Transformer
+    scale: float
+    critical_scale: float
+    margin: float
+    seed: int
+    agreement: float
+
+
+def _noise(model: Transformer, seed: int) -> dict[str, torch.Tensor]:
+    """Per weight: a standard normal draw times the weight's own root mean square (the model's, for a
+    weight that is all zeros), so that a scale is relative to each weight's size. Drawn in state-dict order
+    from one generator: the same seed, the same noise."""
+    gen = torch.Generator().manual_seed(seed)
+    state = model.state_dict()
+    overall = torch.cat([v.flatten() for v in state.values()]).double().pow(2).mean().sqrt()
+    out = {}
+    for name, value in state.items():
+        rms = value.double().pow(2).mean().sqrt()
+        size = rms if rms > 0 else overall
+        out[name] = (torch.randn(value.shape, generator=gen, dtype=torch.float64) * size).to(value.dtype)
+    return out
+
+
+def _with_noise(model: Transformer, noise: dict[str, torch.Tensor], scale: float) -> Transformer:
+    noisy = copy.deepcopy(model)
+    noisy.load_state_dict({k: v + scale * noise[k] for k, v in model.state_dict().items()})
+    return noisy.requires_grad_(False)
+
+
+def perturb(model: Transformer, examples: Examples, *, seed: int = 0, scale: float | None = None,
+            margin: float = 0.5, iterations: int = 20) -> Perturbation:
+    """``model`` with seeded Gaussian noise on every weight (:func:`_noise`), decoding every example as
+    ``model`` does.
+
+    With ``scale`` given, that scale is used and checked. Otherwise the critical scale is bracketed by
+    doubling or halving from 1e-4 and bisected (geometrically, ``iterations`` times); the noise used is ``margin``
+    times it (class doc). Raises ``ValueError`` for a negative scale, a margin outside (0, 1], or a given
+    scale at which some example no longer decodes as compiled.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be a whole number, got {seed!r}")
+    if scale is not None and not (isinstance(scale, (int, float)) and scale >= 0 and scale == scale):
+        raise ValueError(f"noise scale {scale!r} must be a number >= 0")
+    if not (isinstance(margin, (int, float)) and 0 < margin <= 1):
+        raise ValueError(f"margin {margin!r} must be in (0, 1]")
+    noise = _noise(model, seed)
     with torch.no_grad():
         full = model(examples.clean, attention_mask=examples.valid)
-    labels = examples.decode(full)
-    best = (-1.0, None)
-    for lr in learning_rates:
-        small = fold(model, W).requires_grad_(True)
-        opt = torch.optim.Adam(small.parameters(), lr=lr)
-        for step in range(steps):
-            logits = small(examples.clean, attention_mask=examples.valid)
-            agreement = examples.agree(logits.detach(), full).float().mean().item()
-            if agreement == 1.0:
-                recipe = {"init": "principal directions of the residual states", "fine_tuned": "every weight",
-                          "optimizer": "Adam, full batch", "lr": lr, "steps": step,
-                          "learning_rates": list(learning_rates)}
-                return Compression(model=small.requires_grad_(False), W=W, width=width, agreement=1.0,
-                                   recipe=recipe)
-            best = max(best, (agreement, lr), key=lambda t: t[0])
-            at = examples.answer
-            if examples.kind == "categorical":
-                loss = torch.nn.functional.cross_entropy(logits[at], labels[at])
-            else:
-                loss = (logits[at][:, 0] - full[at][:, 0]).pow(2).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    raise ValueError(f"no compression to width {width} of {D} decodes every example: the best agreement was "
-                     f"{best[0]:.3f} (learning rate {best[1]:g}, {steps} steps each); try a wider width or more steps")
+
+    def agreement(s: float) -> float:
+        noisy = _with_noise(model, noise, s)
+        with torch.no_grad():
+            return examples.agree(noisy(examples.clean, attention_mask=examples.valid), full).float().mean().item()
+
+    if scale is not None:
+        got = agreement(float(scale))
+        if got < 1.0:
+            raise ValueError(f"at noise scale {scale:g} (seed {seed}) only {got:.3f} of the examples decode as "
+                             f"compiled; give a smaller scale, or none to find the largest by bisection")
+        return Perturbation(model=_with_noise(model, noise, float(scale)), scale=float(scale),
+                            critical_scale=float("nan"), margin=1.0, seed=seed, agreement=1.0)
+    good, bad = 1e-4, 1e-4  # bracket [good, bad]: doubling up from 1e-4, or halving down
+    if agreement(good) == 1.0:
+        while agreement(bad) == 1.0:
+            good, bad = bad, bad * 2
+            if bad > 1e4:
+                raise ValueError(f"noise up to scale {good:g} changes no decoded output of this model: its "
+                                 f"outputs do not depend on its weights")
+    else:
+        while agreement(good) < 1.0:
+            bad, good = good, good / 2
+            if good < 1e-12:
+                raise ValueError(f"even noise at scale {bad:g} (seed {seed}) changes a decoded output; this model "
+                                 f"has no margin for noise")
+    for _ in range(iterations):
+        mid = (good * bad) ** 0.5
+        good, bad = (mid, bad) if agreement(mid) == 1.0 else (good, mid)
+    used = margin * good
+    if agreement(used) < 1.0:  # the boundary need not be monotone; a used scale must decode, not only its bracket
+        raise ValueError(f"noise at {margin} x the critical scale {good:g} (seed {seed}) changes a decoded output; "
+                         f"try another seed or margin")
+    return Perturbation(model=_with_noise(model, noise, used), scale=used, critical_scale=good, margin=margin,
+                        seed=seed, agreement=1.0)
