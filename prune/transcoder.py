@@ -231,12 +231,14 @@ def _init_from_data(tc: Transcoder, x: torch.Tensor, y: torch.Tensor, gen: torch
     """
     mx, my = x.mean(0), y.mean(0)
     pick = torch.randint(0, len(x), (len(idx),), generator=gen)
-    enc = _unit_rows(x[pick] - mx, gen)  # [n, D]
+    # activations start at about a tenth of the output's norm: decoders are unit rows
+    scale = 0.1 * (y - my).norm(dim=-1).mean() / (x - mx).norm(dim=-1).mean().clamp_min(1e-12)
+    enc = _unit_rows(x[pick] - mx, gen) * scale  # [n, D]
     dec = _unit_rows(y[pick] - my, gen)  # [n, D]
     with torch.no_grad():
         tc.W_enc[:, idx] = enc.T
         tc.b_enc[idx] = -(enc @ mx)  # fires where the input leans towards x_n from the mean
-        tc.W_dec[idx] = dec * 0.1 * (y - my).norm(dim=-1).mean()
+        tc.W_dec[idx] = dec
 
 
 def _resample_dead(tc: Transcoder, opt: torch.optim.Adam, x: torch.Tensor, y: torch.Tensor,
@@ -263,7 +265,7 @@ def _resample_dead(tc: Transcoder, opt: torch.optim.Adam, x: torch.Tensor, y: to
         tc.W_enc[:, idx] = enc.T
         tc.b_enc[idx] = -(enc @ mx)
         dec = _unit_rows(resid[pick], gen)
-        tc.W_dec[idx] = dec * resid[pick].norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        tc.W_dec[idx] = dec
         for p, sl in ((tc.W_enc, (slice(None), idx)), (tc.b_enc, (idx,)), (tc.W_dec, (idx,))):
             state = opt.state.get(p, {})
             for key in ("exp_avg", "exp_avg_sq"):
@@ -276,7 +278,7 @@ def fit_transcoder(
     x: torch.Tensor, y: torch.Tensor, *, layer: int, d_transcoder: int, l1: float | None = None,
     steps: int = 3000, lr: float = 3e-3, batch: int = 1024, seed: int = 0, activation: str = "relu",
     k: int | None = None, resample_every: int = 500, resample_until: float = 0.6, resample_scale: float = 0.2,
-    log_every: int = 50, progress: bool = True,
+    weight_decay: float = 0.3, sparsity_p: float = 0.5, log_every: int = 50, progress: bool = True,
 ) -> Transcoder:
     """Train a transcoder on given activations: normed MLP inputs ``x [N, D]`` to MLP outputs ``y [N, D]``.
 
@@ -295,14 +297,14 @@ def fit_transcoder(
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
-    l1 = (0.0 if activation == "topk" else 1e-2) if l1 is None else l1
+    l1 = (0.0 if activation == "topk" else 0.03) if l1 is None else l1
     if not (isinstance(l1, (int, float)) and l1 >= 0 and math.isfinite(l1)):
         raise ValueError(f"l1 must be a non-negative number, got {l1!r}")
     if not bool(torch.isfinite(x).all() and torch.isfinite(y).all()):
         raise ValueError("the training activations hold NaN or infinite values")
     recipe = dict(d_transcoder=d_transcoder, l1=float(l1), steps=steps, lr=float(lr), batch=batch, seed=seed,
                   activation=activation, k=k, resample_every=resample_every, resample_until=resample_until,
-                  resample_scale=resample_scale)
+                  resample_scale=resample_scale, weight_decay=weight_decay, sparsity_p=sparsity_p)
     cfg = TranscoderConfig(d_model=x.shape[1], d_transcoder=d_transcoder, layer=layer, activation=activation, k=k)
     gen = torch.Generator().manual_seed(seed)
     x, y = x.detach().float(), y.detach().float()
@@ -318,13 +320,14 @@ def fit_transcoder(
     try:
         for step in range(steps):
             pick = torch.randint(0, len(x), (min(batch, len(x)),), generator=gen)
-            loss, f = _loss(tc, x[pick], y[pick], var, l1)
+            loss, f = _loss(tc, x[pick], y[pick], var, l1, sparsity_p)
             if not bool(torch.isfinite(loss)):
                 raise FloatingPointError(f"transcoder loss is {loss.item()} at step {step} of {steps} (layer {layer}, "
                                          f"lr {lr}, l1 {l1}); lower lr or check the activations")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            _constrain(tc, lr * weight_decay)
             fired |= (f > 0).any(0)
             if (step + 1) % resample_every == 0:
                 if step + 1 < resample_until * steps:  # late resamples would have no time to settle
@@ -340,7 +343,7 @@ def fit_transcoder(
         if bar is not None:
             bar.close()
     with torch.no_grad():
-        total, f = _loss(tc, x, y, var, l1)
+        total, f = _loss(tc, x, y, var, l1, sparsity_p)
         nmse = ((tc.decode(f) - y).pow(2).sum(-1).mean() / var).item()
         l0 = (f > 0).sum(-1).float().mean().item()
     tc.requires_grad_(False)
@@ -349,13 +352,28 @@ def fit_transcoder(
     return tc
 
 
-def _loss(tc: Transcoder, x, y, var, l1):  # -> (scalar loss, activations [n, T])
+def _constrain(tc: Transcoder, decay: float):
+    """Decoder rows back to unit norm (the paper's practice), so a feature's scale lives in its encoder; then
+    the encoder's decoupled weight decay picks, of the encoders that compute the same activations on the data,
+    the one of least norm (e.g. reading a variable's own direction, not several correlated ones)."""
+    with torch.no_grad():
+        tc.W_dec /= tc.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        if decay:
+            tc.W_enc.mul_(1 - decay)
+
+
+_EPS = 1e-3  # keeps the gradient of an L^p penalty (p < 1) finite at zero activation
+
+
+def _loss(tc: Transcoder, x, y, var, l1, p=1.0):  # -> (scalar loss, activations [n, T])
     f = tc.encode(x)
     mse = (tc.decode(f) - y).pow(2).sum(-1).mean() / var
     if not l1:
         return mse, f
-    sparsity = (f * tc.W_dec.norm(dim=-1)).sum(-1).mean() / var.sqrt()
-    return mse + l1 * sparsity, f
+    g = f * tc.W_dec.norm(dim=-1) / var.sqrt()  # [n, T]: each feature's share, in units of the output's norm
+    if p != 1:  # concave: two copies of one feature cost more than one (an L1 penalty is blind to copies)
+        g = (g + _EPS).pow(p) - _EPS ** p
+    return mse + l1 * g.sum(-1).mean(), f
 
 
 def _progress(steps: int, layer: int, show: bool):
@@ -622,7 +640,9 @@ class _TranscodedBlock(Block):
 
     def __init__(self, block: Block, transcoder: Transcoder, keep_error: bool):
         nn.Module.__init__(self)
-        self.cfg = block.cfg
+        for name, value in vars(block).items():  # cfg, and the weights it lacks (None: W_gate, biases)
+            if not name.startswith("_"):
+                object.__setattr__(self, name, value)
         for name, p in block._parameters.items():
             self.register_parameter(name, p)
         for name, m in block._modules.items():
@@ -714,7 +734,8 @@ class FeatureMatch:
     n_true: int
     n_trained: int
     evaluable: tuple[int, ...]  # true features that fire and vary on the inputs
-    never_fire: tuple[int, ...]  # true features inactive on every input
+    empty: tuple[int, ...]  # true features with zero weights (Tracr pads every layer's MLP to one width)
+    never_fire: tuple[int, ...]  # true features (not empty) inactive on every input
     constant: tuple[int, ...]  # true features that fire with one value on every input
     best_encoder: tuple[int, ...]
     encoder_cos: tuple[float, ...]
@@ -724,6 +745,7 @@ class FeatureMatch:
     correlation: tuple[float, ...]
     recovered_by: tuple[int, ...]  # the trained feature recovering each true one (-1: none)
     recovered: tuple[int, ...]  # evaluable true features recovered
+    functional: tuple[int, ...]  # evaluable true features with a trained one of decoder cos and correlation >= t
     split: tuple[int, ...]  # true features split over >= 2 trained ones
     merged: tuple[int, ...]  # trained features that merge >= 2 true ones
     dead: tuple[int, ...]  # trained features inactive on every input
@@ -734,8 +756,10 @@ class FeatureMatch:
         return len(self.recovered) / len(self.evaluable) if self.evaluable else 1.0
 
     def summary(self) -> dict:
-        return {"true": self.n_true, "evaluable": len(self.evaluable), "never_fire": len(self.never_fire),
+        return {"true": self.n_true - len(self.empty), "evaluable": len(self.evaluable),
+                "never_fire": len(self.never_fire),
                 "constant": len(self.constant), "recovered": len(self.recovered),
+                "functional": len(self.functional),
                 "recovered_fraction": self.recovered_fraction, "split": len(self.split),
                 "merged": len(self.merged), "dead": len(self.dead), "dense": len(self.dense),
                 "trained": self.n_trained}
@@ -778,6 +802,9 @@ def match_features(trained: Transcoder, true: Transcoder, x_in: torch.Tensor, *,
     - *recovered*: an evaluable true feature ``i`` with a trained ``j`` whose encoder
       and decoder cosines to ``i`` are both >= t (``recovered_by[i]``: the one with the
       highest decoder cosine among those).
+    - *functional*: an evaluable true ``i`` with a trained ``j`` that writes its direction
+      (decoder cosine >= t) and whose activation correlates with it (>= t) on the
+      inputs: the same feature on the data, whatever its encoder reads off the data.
     - *split*: a true ``i`` with >= 2 live trained features that each write its
       direction (decoder cosine >= t) and fire only where it fires (on >= t of their
       own firing inputs).
@@ -810,6 +837,7 @@ def match_features(trained: Transcoder, true: Transcoder, x_in: torch.Tensor, *,
         cover = both / on_t.sum(0)[:, None].clamp_min(1)  # share of i's inputs on which j fires
         purity = both / on_r.sum(0)[None, :].clamp_min(1)  # share of j's inputs on which i fires
     fires_t = on_t.sum(0) > 0
+    empty = (true.W_enc.abs().sum(0) == 0) & (true.W_dec.abs().sum(1) == 0)
     varies_t = ft.std(0) > 0 if len(x) > 1 else torch.zeros_like(fires_t)
     evaluable = fires_t & varies_t
     live = on_r.sum(0) > 0
@@ -833,8 +861,10 @@ def match_features(trained: Transcoder, true: Transcoder, x_in: torch.Tensor, *,
     return FeatureMatch(
         threshold=threshold, dense_fraction=dense_fraction, span=span, n_inputs=len(x_in),
         n_true=true.cfg.d_transcoder, n_trained=trained.cfg.d_transcoder,
-        evaluable=ids(evaluable), never_fire=ids(~fires_t), constant=ids(fires_t & ~varies_t),
+        evaluable=ids(evaluable), empty=ids(empty), never_fire=ids(~fires_t & ~empty),
+        constant=ids(fires_t & ~varies_t),
         best_encoder=be, encoder_cos=ce, best_decoder=bd, decoder_cos=cd, best_correlation=bc, correlation=cc,
         recovered_by=tuple(int(a) for a in rec_by), recovered=ids(rec_by >= 0),
+        functional=ids(((dec >= threshold) & (corr >= threshold)).any(1) & evaluable),
         split=ids(splits & evaluable), merged=ids(merges), dead=ids(~live), dense=ids(dense & live),
     )
