@@ -14,7 +14,9 @@
                                                 circuit found, drawn against the ground truth, and its JSON)
   groundtruth demo                              recover the whole library (zero and resample ablation)
   groundtruth compare [--methods edge_pruning,acdc,eap,eap_ig] [--ablation zero] [--programs a,b] [--out DIR]
-                      [--draw DIR]              every method on the library, its own circuit and the finalized one
+                      [--draw DIR] [--variant KIND]
+                                                every method on the library (or its built variants of KIND),
+                                                its own circuit and the finalized one
   groundtruth report TABLE.json [--out FILE]    one static HTML page of a compare or recovery table, sortable,
                                                 each row linked to its drawing and circuit JSON
 
@@ -208,6 +210,14 @@ def _file_stem(*parts) -> str:
 
 
 def cmd_check(args) -> int:
+    if args.variant is None:
+        options = (("--width", args.width), ("--noise", args.noise), ("--seed", args.seed))
+        given = [flag for flag, value in options if value is not None]
+        if given:
+            raise UsageError(f"{given[0]} describes a variant; add --variant compressed, perturbed or "
+                             f"compressed+perturbed")
+    else:
+        _variant_options(args)
     from prune.circuit import Circuit
     from prune.draw import save_circuit_files
 
@@ -242,7 +252,7 @@ def _variant_options(args) -> dict:
         raise UsageError("--width applies to a compressed variant; --kind perturbed keeps the compiled width")
     if args.noise is not None and kind == "compressed":
         raise UsageError("--noise applies to a perturbed variant; --kind compressed adds no noise")
-    return {"width": args.width, "noise": args.noise, "seed": args.seed}
+    return {"width": args.width, "noise": args.noise, "seed": 0 if args.seed is None else args.seed}
 
 
 def _build_variant(parent, args, base=None):
@@ -455,9 +465,23 @@ def cmd_compare(args) -> int:
 
     from groundtruth.compare import compare
 
+    programs, root = args.programs, None
+    if args.variant is not None:  # the same table over the built variants of the library
+        from groundtruth.artifacts import VARIANT_ROOT
+        from groundtruth.registry import library
+
+        root = VARIANT_ROOT
+        chosen = [p.strip() for p in programs.split(",")] if programs else list(library())
+        programs = [f"{p}@{args.variant}" for p in chosen]
+        missing = [n for n in programs if not (root / n).is_dir()]
+        if missing:
+            raise UsageError(f"no variant {missing[0]} in {root}; build it with `groundtruth variant "
+                             f"{missing[0].partition('@')[0]} --kind {args.variant}`")
+        if args.plot is not None:
+            args.plot = f"{args.plot}@{args.variant}"
     torch.set_num_threads(args.threads)
-    compare(args.methods, args.ablation, programs=args.programs, seed=args.seed, out_dir=args.out,
-            plot=args.plot, quiet=args.quiet, draw=_drawing_folder(args.draw))
+    compare(args.methods, args.ablation, programs=programs, seed=args.seed, out_dir=args.out,
+            plot=args.plot, quiet=args.quiet, draw=_drawing_folder(args.draw), root=root)
     if not args.quiet:
         print(f"written: {args.out / 'compare.md'}, {args.out / 'compare.json'}"
               + (f", {args.out / f'compare_{args.plot}.png'}" if args.plot else ""), file=sys.stderr)
@@ -483,7 +507,7 @@ def _variant_arguments(p) -> None:
                    help="compressed width (default: the smallest found, from the read basis down)")
     p.add_argument("--noise", type=_noise, default=None,
                    help="noise scale, relative to each weight's RMS (default: half the largest that decodes)")
-    p.add_argument("--seed", type=_one_seed, default=0, help="the noise's seed")
+    p.add_argument("--seed", type=_one_seed, default=None, help="the noise's seed (default 0)")
 
 
 def _one_seed(text: str) -> int:
@@ -547,6 +571,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--draw", type=Path, default=None, metavar="DIR",
                    help="draw each method's circuit against the ground truth into DIR (PNG and SVG)")
     p.add_argument("--seed", type=parse_seeds, default="0", help="one seed")
+    p.add_argument("--variant", choices=VARIANT_KINDS, default=None,
+                   help="compare on the built variants of that kind (compiled_variants/) instead")
     p.add_argument("--threads", type=_threads, default=DEFAULT_THREADS, help=f"torch CPU threads, 1 to {MAX_THREADS}")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_compare)

@@ -203,3 +203,33 @@ def test_shrinking_goes_to_a_one_operation_program():
     with_head = find(programs(), lambda p: "Aggregate" in program_source(p) or "SelectorWidth" in program_source(p),
                      settings=quiet)
     assert program_source(with_head).count(" = ") <= 3
+
+
+@EXPENSIVE
+@given(prog=programs(**SIZE))
+def test_a_random_program_compressed_and_perturbed_decodes_and_its_ground_truth_verifies(prog):
+    """Variants of random programs (groundtruth.variant_case): compressed one dimension below the read basis
+    where some stage decodes (else at the read basis, which is lossless by construction), then perturbed;
+    the variant decodes every input as Tracr does (through the compiled model, checked against Tracr when
+    the case was built) and its zero-ablation ground truth is derived and verifies on the variant."""
+    from groundtruth.variant_case import build_variant
+    from groundtruth.variants import read_basis
+
+    case = case_of(prog)
+    t = read_basis(case.model, case.examples).shape[0]
+    variant = None
+    if t > 1:
+        try:
+            variant = build_variant(case, "compressed+perturbed", width=t - 1, ablations=("zero",),
+                                    compress_options={"steps": 400})
+            event("compressed below the read basis")
+        except ValueError:
+            event("no exact compression below the read basis in 400 steps")
+    if variant is None:
+        variant = build_variant(case, "compressed+perturbed", width=t, ablations=("zero",))
+    assert variant.info["agreement"] == 1.0 and variant.verifications["zero"].ok, failure(
+        prog, f"variant {variant.info}: ground truth does not verify", "check")
+    with torch.no_grad():
+        got = variant.model(case.examples.clean, attention_mask=case.examples.valid)
+        want = case.model(case.examples.clean, attention_mask=case.examples.valid)
+    assert bool(case.examples.agree(got, want).all())

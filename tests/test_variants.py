@@ -152,3 +152,131 @@ def test_perturbation_refusals_name_the_value():
         perturb(art.model, art.examples, margin=0)
     with pytest.raises(ValueError, match=r"at noise scale 10 \(seed 0\) only 0\.\d+ of the examples decode"):
         perturb(art.model, art.examples, scale=10.0)
+
+
+def test_a_variant_has_its_own_verified_ground_truth_and_round_trips(tmp_path):
+    from groundtruth.artifacts import load_artifact, save_variant
+    from groundtruth.circuits import verify
+    from groundtruth.variant_case import build_variant
+
+    parent = artifact("length")
+    v = build_variant(parent, "compressed", width=9)
+    assert v.name == "length@compressed" and v.info["width"] == 9 < v.info["read_basis_width"] == 10
+    for ablation, check in v.verifications.items():
+        assert check.ok  # sufficient, and every edge needed on some input
+        assert verify(v.model, v.examples, v.functional(ablation), ablation).ok  # again, independently
+        d = v.differences[ablation]
+        assert set(d.added) == set(v.functional(ablation)) - set(parent.functional(ablation))
+        assert d.why
+    folder = save_variant(v, parent, tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["model.safetensors", "examples.safetensors", "config.json", "circuits.json", "provenance.json",
+         "directions.safetensors"])
+    back = load_artifact(folder)
+    assert back.name == "length@compressed" and back.model.cfg.d_model == 9
+    assert all(torch.equal(a, b) for a, b in zip(back.model.state_dict().values(), v.model.state_dict().values(),
+                                                 strict=True))
+    assert back.functional("zero") == v.functional("zero") and torch.equal(back.W, v.W)
+    labels = parent.config["residual_labels"]
+    assert list(back.directions()) == labels and back.directions()[labels[0]].shape == (9,)
+    assert back.provenance["parent_files_sha256"] == parent.provenance["files_sha256"]
+    assert back.config["variant"]["recipe"]["stage"] in ("frozen", "fine-tuned")
+
+
+def test_a_tampered_variant_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from groundtruth.artifacts import ArtifactError, load_artifact, save_variant
+    from groundtruth.variant_case import build_variant
+
+    parent = artifact("count")
+    folder = save_variant(build_variant(parent, "perturbed", ablations=("zero",)), parent, tmp_path)
+    save_file({"W": torch.zeros(3, 3)}, str(folder / "directions.safetensors"))
+    with pytest.raises(ArtifactError, match="directions.safetensors does not match its hash"):
+        load_artifact(folder)
+
+
+def test_variant_refusals_name_the_value():
+    from groundtruth.artifacts import ArtifactError, load_artifact
+    from groundtruth.variant_case import build_variant, parse_variant_name
+
+    parent = artifact("count")
+    with pytest.raises(ValueError, match="unknown variant kind 'squashed'"):
+        build_variant(parent, "squashed")
+    with pytest.raises(ValueError, match="a width applies to a compressed variant"):
+        build_variant(parent, "perturbed", width=3)
+    with pytest.raises(ValueError, match="a noise scale applies to a perturbed variant"):
+        build_variant(parent, "compressed", noise=0.1)
+    with pytest.raises(ValueError, match=r"'count@big' is not a variant name"):
+        parse_variant_name("count@big")
+    with pytest.raises(ArtifactError, match=r"no variant named 'nope@compressed'"):
+        load_artifact("nope@compressed")
+
+
+def test_the_variant_command_writes_only_what_verified(tmp_path, capsys):
+    from groundtruth.cli import main
+
+    out = tmp_path / "v"
+    for argv, message in (
+        (["variant", "count", "--kind", "compressed", "--noise", "0.1"], "--noise applies to a perturbed variant"),
+        (["variant", "count", "--kind", "perturbed", "--width", "3"], "--width applies to a compressed variant"),
+        (["variant", "nope", "--kind", "perturbed"], "no library program 'nope'"),
+        (["variant", "count", "hist", "--kind", "compressed", "--width", "9"], "names one width for 2 programs"),
+        (["variant", "count", "--kind", "perturbed", "--noise", "-1"], "must be a finite scale >= 0"),
+        (["variant", "count", "--kind", "perturbed", "--noise", "10"], "only 0."),
+        (["variant", "count", "--kind", "compressed", "--width", "19"], "width 19 must be a whole number in"),
+    ):
+        assert main([*argv, "--out", str(out), "--quiet"]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists() or not any(out.iterdir())  # nothing written for a refused variant
+    assert main(["variant", "count", "--kind", "perturbed", "--seed", "1", "--out", str(out), "--quiet"]) == 0
+    assert "count@perturbed: width 18 of 18, noise scale" in capsys.readouterr().out
+    assert main(["recover", str(out / "count@perturbed"), "--quiet"]) == 0  # recover takes a variant's folder
+    assert "exact recovery: 2/2 runs" in capsys.readouterr().out
+
+
+def _committed_variants() -> list[str]:
+    from groundtruth.artifacts import VARIANT_ROOT
+
+    return sorted(p.name for p in VARIANT_ROOT.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def test_every_library_program_has_each_kind_of_variant_and_nothing_else_is_there():
+    from groundtruth.variant_case import KINDS
+
+    assert _committed_variants() == sorted(f"{n}@{k}" for n in library() for k in KINDS)
+
+
+@pytest.mark.parametrize("name", _committed_variants())
+def test_a_committed_variant_is_current_decodes_as_compiled_and_its_ground_truth_verifies(name):
+    """Drift: built from today's program artifact; every example decoded as the compiled model does; every
+    stored functional circuit verified again on the stored model (sufficient, every edge necessary)."""
+    from groundtruth.artifacts import load_artifact
+    from groundtruth.circuits import verify
+    from groundtruth.variant_case import parse_variant_name
+
+    program, kind = parse_variant_name(name)
+    v, parent = load_artifact(name), artifact(program)
+    assert v.provenance["parent_files_sha256"] == parent.provenance["files_sha256"], (
+        f"{name} was built from another version of {program}; run `groundtruth variant {program} --kind {kind}`")
+    with torch.no_grad():
+        assert bool(v.examples.agree(v.model(v.examples.clean, attention_mask=v.examples.valid),
+                                     parent.model(parent.examples.clean, attention_mask=parent.examples.valid)).all())
+    assert torch.equal(v.examples.clean, parent.examples.clean)
+    info = v.config["variant"]
+    assert info["kind"] == kind and v.W.shape == (info["width"], parent.model.cfg.d_model)
+    for ablation in ("zero", "mean", "resample"):
+        assert verify(v.model, v.examples, v.functional(ablation), ablation).ok, f"{name} {ablation}"
+
+
+def test_check_builds_a_variant_of_any_program_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    from groundtruth.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "count", "--variant", "perturbed", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "count@perturbed: width 18 of 18, noise scale" in out and "functional:resample" in out
+    assert list(tmp_path.iterdir()) == []
+    assert main(["check", "count", "--width", "3", "--quiet"]) == 2
+    assert "--width describes a variant; add --variant" in capsys.readouterr().err
