@@ -138,7 +138,9 @@ def build_variant(parent, kind: str, *, width: int | None = None, seed: int = 0,
                                                                                             examples).shape[0],
                     recipe=c.recipe, width_searched=width is None)
     if "perturbed" in kind:
-        p: Perturbation = perturb(model, examples, seed=seed, scale=noise)
+        with torch.no_grad():
+            compiled = parent.model(examples.clean, attention_mask=examples.valid)
+        p: Perturbation = perturb(model, examples, seed=seed, scale=noise, reference=compiled)
         model = p.model
         info.update(noise_scale=p.scale, critical_noise_scale=None if p.critical_scale != p.critical_scale
                     else p.critical_scale, noise_margin=p.margin, seed=seed)
@@ -155,7 +157,11 @@ def build_variant(parent, kind: str, *, width: int | None = None, seed: int = 0,
     verifications: dict[str, Verification] = {}
     differences: dict[str, Difference] = {}
     for ablation in ablations:
-        edges = functional_edges(model, examples, ablation, start=every_edge)
+        try:
+            edges = functional_edges(model, examples, ablation, start=every_edge)
+        except RuntimeError as err:  # the whole graph does not reproduce the variant in masked mode
+            raise ValueError(f"the {kind} variant of {parent.name}: under {ablation} ablation {err}; it is not "
+                             f"stored") from None
         v = verify(model, examples, edges, ablation)
         if not v.ok:
             raise ValueError(f"the {kind} variant of {parent.name}: its functional ground truth under {ablation} "
