@@ -22,14 +22,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from prune.data import Examples
-from prune.files import read_json
+from prune.files import atomic_folder, read_json
 from prune.model import Transformer, TransformerConfig
 
 __all__ = ["Artifact", "ArtifactError", "load_artifact", "load_all", "save_case", "save_variant", "ARTIFACT_FILES",
@@ -122,17 +121,21 @@ def case_files(case) -> dict[str, bytes | dict]:
         "examples": {"n": len(ex), "exhaustive": prog.exhaustive, "seed": prog.seed, "min_len": prog.min_len},
         "inert": {a: v.inert for a, v in case.verifications.items()},
     }
-    circuits = {
-        "variants": {k: list(v) for k, v in case.circuits.items()},
+    return {"config.json": config, "circuits.json": _circuits_json(case.model, case.circuits, case.verifications)}
+
+
+def _circuits_json(model: Transformer, circuits: dict, verifications: dict) -> dict:
+    """circuits.json: every ground truth, its verification per ablation, its nodes."""
+    return {
+        "variants": {k: list(v) for k, v in circuits.items()},
         "verification": {
             a: {"sufficient": v.sufficient, "n_examples": v.n_examples, "n_reproduced": v.n_reproduced,
                 "inert": v.inert}
-            for a, v in case.verifications.items()
+            for a, v in verifications.items()
         },
-        "nodes": {k: case.model.graph.nodes_of(v) for k, v in case.circuits.items()},
-        "n_edges_total": case.model.graph.n_edges,
+        "nodes": {k: model.graph.nodes_of(v) for k, v in circuits.items()},
+        "n_edges_total": model.graph.n_edges,
     }
-    return {"config.json": config, "circuits.json": circuits}
 
 
 def _state_dict(model: Transformer) -> dict[str, torch.Tensor]:
@@ -169,29 +172,11 @@ def remove_stale_builds(root: Path, name: str) -> list[Path]:
 
 
 def _write_atomically(root: Path, name: str, write) -> Path:
-    """Write a folder ``root/<name>/`` atomically: ``write(tmp)`` fills a temporary folder, which is then
-    renamed into place (replacing an old one); on any failure nothing is left behind."""
+    """``root/<name>/`` written whole or not at all (:func:`prune.files.atomic_folder`), after removing
+    what a killed build of ``name`` left behind."""
     root.mkdir(parents=True, exist_ok=True)
-    final = root / name
     remove_stale_builds(root, name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=_BUILDING, dir=root))
-    try:
-        write(tmp)
-        mask = _umask()
-        for f in tmp.iterdir():  # safetensors writes 0600 files; give every file open()'s mode, per the umask
-            os.chmod(f, 0o666 & ~mask)
-        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it 0700; a folder that others can read, per the umask
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{name}.old.", suffix=_BUILDING, dir=root))
-            os.rename(final, old / "x")
-            os.rename(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    return atomic_folder(root / name, write, suffix=_BUILDING)
 
 
 def save_case(case, root: Path | str = DEFAULT_ROOT) -> Path:
@@ -224,17 +209,8 @@ def variant_files(variant, parent: Artifact) -> dict[str, dict]:
                   description=f"{parent.config['description']} ({variant.kind} variant)",
                   inert={a: v.inert for a, v in variant.verifications.items()})
     config["variant"] = {**variant.info, "differences": {a: d.to_dict() for a, d in variant.differences.items()}}
-    circuits = {
-        "variants": {k: list(v) for k, v in variant.circuits.items()},
-        "verification": {
-            a: {"sufficient": v.sufficient, "n_examples": v.n_examples, "n_reproduced": v.n_reproduced,
-                "inert": v.inert}
-            for a, v in variant.verifications.items()
-        },
-        "nodes": {k: variant.model.graph.nodes_of(v) for k, v in variant.circuits.items()},
-        "n_edges_total": variant.model.graph.n_edges,
-    }
-    return {"config.json": config, "circuits.json": circuits}
+    return {"config.json": config,
+            "circuits.json": _circuits_json(variant.model, variant.circuits, variant.verifications)}
 
 
 def save_variant(variant, parent: Artifact, root: Path | str = VARIANT_ROOT) -> Path:

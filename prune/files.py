@@ -15,8 +15,8 @@ import secrets
 import stat
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "read_json",
-           "save_figure", "check_writable_folder"]
+__all__ = ["atomic_path", "atomic_folder", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
+           "read_json", "save_figure", "check_writable_folder"]
 
 
 def _create_temp(path: Path) -> Path:
@@ -55,6 +55,37 @@ def atomic_path(path: str | Path):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_folder(folder: str | Path, write, *, suffix: str = ".tmp") -> Path:
+    """Write the folder ``folder`` whole or not at all: ``write(tmp)`` fills a temporary folder
+    (``.<name>.*<suffix>`` beside it), which is then renamed into place, replacing an old one only once
+    the new one is complete. On any exception, interrupts included, nothing is left behind. Files and
+    the folder get open()'s and mkdir()'s modes (safetensors and mkdtemp make private ones)."""
+    import shutil
+    import tempfile
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=suffix, dir=folder.parent))
+    try:
+        write(tmp)
+        mask = os.umask(0)
+        os.umask(mask)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~mask)
+        os.chmod(tmp, 0o777 & ~mask)
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", suffix=suffix, dir=folder.parent))
+            os.rename(folder, old / "x")
+            os.rename(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

@@ -20,10 +20,7 @@ import copy
 import dataclasses
 import json
 import math
-import os
 import re
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Literal
@@ -32,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prune.files import atomic_folder
 from prune.model import Block, Transformer
 
 __all__ = [
@@ -462,31 +460,14 @@ def save_transcoders(folder: str | Path, transcoders: dict[int, Transcoder], *, 
         "n_layers": None if model is None else model.cfg.n_layers,
         "layers": {str(l): tc.cfg.to_dict() for l, tc in sorted(transcoders.items())},
     }
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
-        from safetensors.torch import save_file
+    from safetensors.torch import save_file
 
+    def write(tmp: Path) -> None:
         for layer, tc in transcoders.items():
             save_file(_file_tensors(tc), str(tmp / _layer_file(layer)))
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
-        mask = os.umask(0)
-        os.umask(mask)
-        for f in tmp.iterdir():  # safetensors and mkdtemp make private files; give open()'s modes
-            os.chmod(f, 0o666 & ~mask)
-        os.chmod(tmp, 0o777 & ~mask)
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", suffix=".tmp", dir=folder.parent))
-            os.rename(folder, old / "x")
-            os.rename(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+
+    return atomic_folder(folder, write)
 
 
 def _check_width(tc: Transcoder, model: Transformer, what: str):
