@@ -252,6 +252,15 @@ def _artifact_path(name_or_path: Path | str) -> Path:
     if isinstance(name_or_path, str) and name_or_path and os.sep not in name_or_path and "/" not in name_or_path:
         root, what = (VARIANT_ROOT, "variant") if "@" in name_or_path else (DEFAULT_ROOT, "compiled program")
         path = root / name_or_path
+        if not path.is_dir() and root is VARIANT_ROOT:
+            from groundtruth.variant_case import parse_variant_name
+
+            try:
+                program, kind = parse_variant_name(name_or_path)
+            except ValueError as err:
+                raise ArtifactError(str(err)) from None
+            raise ArtifactError(f"no variant named {name_or_path!r} in {root}; build it with "
+                                f"`groundtruth variant {program} --kind {kind}`, or give a folder path")
         if not path.is_dir():
             known = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
                            ) if root.is_dir() else []

@@ -472,6 +472,9 @@ def cmd_compare(args) -> int:
 
         root = VARIANT_ROOT
         chosen = [p.strip() for p in programs.split(",")] if programs else list(library())
+        unknown = [p for p in chosen if p not in library()]
+        if unknown:
+            raise UsageError(f"--programs: no library program {unknown[0]!r}; variants exist of the library only")
         programs = [f"{p}@{args.variant}" for p in chosen]
         missing = [n for n in programs if not (root / n).is_dir()]
         if missing:

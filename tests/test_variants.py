@@ -209,8 +209,11 @@ def test_variant_refusals_name_the_value():
         build_variant(parent, "compressed", noise=0.1)
     with pytest.raises(ValueError, match=r"'count@big' is not a variant name"):
         parse_variant_name("count@big")
-    with pytest.raises(ArtifactError, match=r"no variant named 'nope@compressed'"):
+    with pytest.raises(ArtifactError, match=r"no variant named 'nope@compressed' in .*; build it with "
+                                            r"`groundtruth variant nope --kind compressed`"):
         load_artifact("nope@compressed")
+    with pytest.raises(ArtifactError, match=r"'count@bogus' is not a variant name"):
+        load_artifact("count@bogus")
 
 
 def test_the_variant_command_writes_only_what_verified(tmp_path, capsys):
@@ -234,6 +237,9 @@ def test_the_variant_command_writes_only_what_verified(tmp_path, capsys):
     assert "count@perturbed: width 18 of 18, noise scale" in capsys.readouterr().out
     assert main(["recover", str(out / "count@perturbed"), "--quiet"]) == 0  # recover takes a variant's folder
     assert "exact recovery: 2/2 runs" in capsys.readouterr().out
+    assert main(["compare", "--variant", "perturbed", "--programs", "count,nope", "--out", str(tmp_path / "c"),
+                 "--quiet"]) == 2
+    assert "--programs: no library program 'nope'" in capsys.readouterr().err and not (tmp_path / "c").exists()
 
 
 def _committed_variants() -> list[str]:
