@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/variants.md")
     p.add_argument("--no-timing", action="store_true")
+    p.add_argument("--load-note", default="", help="what else ran on the machine, written beside the figures")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
@@ -84,8 +85,7 @@ def main(argv=None) -> int:
         "",
         f"Command: `.venv/bin/python bench/variants.py{' --no-timing' if args.no_timing else ''}`; commit "
         f"`{commit}`; {time.strftime('%Y-%m-%d')}; torch threads 1; {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores; `uptime` at the start: `{load}`. Another engineer's work shared the 2 cores "
-        f"during this run, so the seconds are upper bounds.",
+        f"{os.cpu_count()} cores; `uptime` at the start: `{load}`. {args.load_note}",
         "",
         f"Smallest width d with every example decoded exactly: d <= 0.75 D for **{within(0.75)} of {n}** programs, "
         f"d <= D/2 for **{within(0.5)} of {n}**. r is the residual rank, t the read basis (lossless: the part "
