@@ -88,9 +88,9 @@ class VariantCase:
 
 
 def smallest_width(model: Transformer, examples: Examples, **compress_options) -> Compression:
-    """The narrowest compression found: from the read basis (exact, no interference) down through
-    :data:`WIDTH_FRACTIONS` of the compiled width, stopping at the first width that decodes at no stage
-    and rate. Widths at or above the read basis' are skipped below it, so every one tried interferes."""
+    """The narrowest compression found: the read basis first (exact, no interference), then each of
+    :data:`WIDTH_FRACTIONS` of the compiled width that is narrower than it (so every one tried
+    interferes), widest first, stopping at the first width that decodes at no stage and rate."""
     D = model.cfg.d_model
     t = read_basis(model, examples).shape[0]
     best = compress(model, examples, t, **compress_options)
