@@ -18,6 +18,7 @@ found another minimal circuit, or edges the variant no longer needs) or not
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 
 import torch
@@ -121,6 +122,8 @@ def build_variant(parent, kind: str, *, width: int | None = None, seed: int = 0,
         raise ValueError("a noise scale applies to a perturbed variant; kind 'compressed' adds no noise")
     start = time.perf_counter()
     model, examples, D = parent.model, parent.examples, parent.model.cfg.d_model
+    with torch.no_grad():
+        compiled = parent.model(examples.clean, attention_mask=examples.valid)  # [N, S, out]
     info: dict = {"parent": parent.name, "kind": kind, "compiled_width": D, "width": D}
     W = None
     if base is not None:
@@ -138,15 +141,12 @@ def build_variant(parent, kind: str, *, width: int | None = None, seed: int = 0,
                                                                                             examples).shape[0],
                     recipe=c.recipe, width_searched=width is None)
     if "perturbed" in kind:
-        with torch.no_grad():
-            compiled = parent.model(examples.clean, attention_mask=examples.valid)
         p: Perturbation = perturb(model, examples, seed=seed, scale=noise, reference=compiled)
         model = p.model
-        info.update(noise_scale=p.scale, critical_noise_scale=None if p.critical_scale != p.critical_scale
+        info.update(noise_scale=p.scale, critical_noise_scale=None if math.isnan(p.critical_scale)
                     else p.critical_scale, noise_margin=p.margin, seed=seed)
     with torch.no_grad():
-        agree = examples.agree(model(examples.clean, attention_mask=examples.valid),
-                               parent.model(examples.clean, attention_mask=examples.valid))
+        agree = examples.agree(model(examples.clean, attention_mask=examples.valid), compiled)
     if not bool(agree.all()):
         raise ValueError(f"the {kind} variant of {parent.name} decodes {float(agree.float().mean()):.3f} of the "
                          f"examples as compiled, not all; it is not stored")
@@ -171,8 +171,9 @@ def build_variant(parent, kind: str, *, width: int | None = None, seed: int = 0,
         verifications[ablation] = v
         theirs = parent.functional(ablation)
         on_variant = verify(model, examples, theirs, ablation)
-        differences[ablation] = Difference(added=[e for e in edges if e not in set(theirs)],
-                                           removed=[e for e in theirs if e not in set(edges)],
+        ours, parents = set(edges), set(theirs)
+        differences[ablation] = Difference(added=[e for e in edges if e not in parents],
+                                           removed=[e for e in theirs if e not in ours],
                                            parent_suffices=on_variant.sufficient, parent_inert=on_variant.inert)
     return VariantCase(name=f"{parent.name}@{kind}", program=parent.name, kind=kind, model=model,
                        examples=examples, W=W, circuits=circuits, verifications=verifications,
