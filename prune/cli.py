@@ -3,6 +3,7 @@
   prune run --model gpt2 --task ioi --target-edge-sparsity 0.96 --out DIR
   prune run --model ./my-llama --task boolean_expressions --target-edge-sparsity 0.98,0.99 --out DIR
   prune run ... --out DIR --resume          # after a kill: continue every target where it stopped
+  prune run ... --out DIR --nproc 2         # 2 ranks under torchrun: FSDP-sharded weights, data parallel
 
 ``--model`` is a local checkpoint folder or a hub name (where a network
 exists). One run per target, with :func:`prune.edge_pruning.language_model_config`
@@ -30,6 +31,15 @@ a checkpoint, results or a ``run.json`` made with other arguments. Without
 ``target-*`` folder with a checkpoint or results) is refused rather than
 overwritten or mixed with another run: new targets join a run with ``--resume``.
 
+Sharding. ``--nproc N`` starts N ranks of the same command with torchrun's
+launcher (:mod:`prune.sharding`; or start them with ``torchrun --standalone
+--nproc-per-node N -m prune.cli run ...``): every rank loads the model and keeps
+its FSDP share of the weights, trains on its own ``--n / N`` examples, and
+holds the same masks; rank 0 alone writes and prints. ``--n`` must be a
+multiple of N, and a checkpoint resumes only with the number of ranks that
+wrote it. When a rank dies the others are stopped and the command says which
+rank failed (exit status 1); the checkpoints are intact, for ``--resume``.
+
 Every file is written to a temporary name and renamed into place
 (:mod:`prune.files`; modes follow the umask), so a killed run leaves only
 complete files; temporary files a kill left behind (named
@@ -53,6 +63,7 @@ from pathlib import Path
 
 import torch
 
+from prune import sharding
 from prune._cli import ArgumentParser, nonempty, parse_fractions, parse_int, positive_int, random_seed, run_command
 from prune.files import atomic_write_json, check_writable_folder, read_json
 from prune.graph import CONVENTIONS
@@ -341,12 +352,24 @@ def cmd_run(args) -> int:
         except ImportError:
             raise UsageError("drawing the circuits needs matplotlib (the plot extra: pip install -e '.[plot]'); "
                              "or pass --no-draw") from None
+    rank_of_many = sharding.launched_by_torchrun()
+    ranks = int(os.environ["WORLD_SIZE"]) if rank_of_many else args.nproc
+    if rank_of_many and args.nproc not in (1, ranks):
+        raise UsageError(f"--nproc {args.nproc}, but torchrun started {ranks} ranks; give the same number, or "
+                         f"leave --nproc out under torchrun")
+    if args.n % ranks:
+        raise UsageError(f"--n {args.n} examples do not split evenly over {ranks} ranks (each rank holds its own "
+                         f"share); use a multiple of {ranks}")
     _check_out_dir(args, targets, run_dirs, record)
+    if rank_of_many:
+        return _run_as_rank(args, targets, configs, run_dirs, record)
     created = _make_out_dir(args.out)
     try:
         lock = _lock(args.out)
         try:
             states = _check_out_dir(args, targets, run_dirs, record)  # again, under the lock
+            if args.nproc > 1:
+                return _launch(args)
             return _run(args, targets, configs, run_dirs, states, record)
         finally:
             if lock is not None:
@@ -356,28 +379,87 @@ def cmd_run(args) -> int:
         raise
 
 
-def _run(args, targets, configs, run_dirs, states, record) -> int:
+_LOCK_HELD = "PRUNE_RUN_LOCK_HELD"  # set by `prune run --nproc N` for its ranks: it holds --out's lock
+
+
+def _launch(args) -> int:
+    """``--nproc N``: the same command as N ranks under torchrun's launcher; this process holds the lock."""
+    failed = sharding.launch(args.argv, args.nproc, threads=args.threads, env={_LOCK_HELD: "1"})
+    if not failed:
+        return 0
+    if set(failed.values()) == {2}:  # refused: rank 0 has said why, in one line
+        return 2
+    rank, code = next(iter(failed.items()))  # the first to fail
+    how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+    sys.stderr.write(f"error: rank {rank} of {args.nproc} {how}, and the launcher stopped the others; each target's "
+                     f"last checkpoint in {args.out} is intact: continue with the same command and --resume\n")
+    return 1
+
+
+# What gloo and NCCL say in a collective whose peer has died (there is no exception class for it).
+_LOST_RANK = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "NCCL communicator was aborted")
+
+
+def _lost_a_rank(err: RuntimeError) -> bool:
+    return any(text in str(err) for text in _LOST_RANK)
+
+
+def _run_as_rank(args, targets, configs, run_dirs, record) -> int:
+    """One rank of a sharded run (started by torchrun): every rank computes, rank 0 alone writes and speaks.
+    A refusal is reported by rank 0 (every rank meets the same one); the others exit 2 silently."""
+    import torch.distributed as dist
+
+    rank, _ = sharding.init_from_environment()
+    lock, created = None, []
+    try:
+        try:
+            if rank == 0 and not os.environ.get(_LOCK_HELD):  # started by torchrun directly
+                created = _make_out_dir(args.out)
+                lock = _lock(args.out)
+            states = _check_out_dir(args, targets, run_dirs, record)
+            dist.barrier()  # every rank has read --out before rank 0 writes into it
+            return _run(args, targets, configs, run_dirs, states, record, rank=rank)
+        except UsageError:
+            if rank == 0:
+                _remove_empty(created)
+                raise
+            return 2
+        except RuntimeError as err:
+            if _lost_a_rank(err):  # another rank died mid-collective: the launcher names it, in one line
+                return 3
+            raise
+    finally:
+        if lock is not None:
+            os.close(lock)
+        dist.destroy_process_group()
+
+
+def _run(args, targets, configs, run_dirs, states, record, rank: int = 0) -> int:
+    """Every target in turn; ``rank`` > 0: one rank of a sharded run, which computes but writes and says nothing."""
     from prune import loaders
     from prune.edge_pruning import CheckpointError, EdgePruner
     from prune.tasks import make_task
 
-    for f in remove_stale_temp_files(args.out):
-        print(f"removed {f}, a temporary file left by an interrupted run", file=sys.stderr)
+    lead = rank == 0
+    if lead:
+        for f in remove_stale_temp_files(args.out):
+            print(f"removed {f}, a temporary file left by an interrupted run", file=sys.stderr)
     torch.set_num_threads(args.threads)
 
     summary: list[dict | None] = [None] * len(targets)
     for i, (run_dir, state) in enumerate(zip(run_dirs, states, strict=True)):
         if state == "finished":
             summary[i] = json.loads((run_dir / METRICS).read_text())
-            print(f"target {_shown(targets[i])}: finished earlier, skipped ({run_dir / METRICS})", file=sys.stderr)
-            if not args.no_draw and not (run_dir / f"{DRAWING}.png").is_file():  # finished under --no-draw
-                _draw(run_dir)
+            if lead:
+                print(f"target {_shown(targets[i])}: finished earlier, skipped ({run_dir / METRICS})", file=sys.stderr)
+                if not args.no_draw and not (run_dir / f"{DRAWING}.png").is_file():  # finished under --no-draw
+                    _draw(run_dir)
     if all(m is not None for m in summary):
-        if len(summary) > 1:
+        if len(summary) > 1 and lead:
             _plot(summary, args.out / SWEEP)
         return 0
 
-    if args.quiet:
+    if args.quiet or not lead:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # "Loading weights" and the like
@@ -394,6 +476,8 @@ def _run(args, targets, configs, run_dirs, states, record) -> int:
         model = loaders.from_hf(args.model, dtype=_DTYPES[args.dtype]).with_conventions(args.conventions)
     except (FileNotFoundError, ValueError, MemoryError, NotImplementedError, OSError) as err:
         raise UsageError(f"cannot load model {args.model!r}: {err}") from None
+    if sharding.launched_by_torchrun():  # every rank loaded the whole model; each keeps its share
+        sharding.shard(model)
     # Before anything is written: every checkpoint to resume is of this run (model, data, seed, configuration).
     # One pruner at a time (each holds the ablated activations), dropped once its checkpoint has loaded.
     for cfg, run_dir, state in zip(configs, run_dirs, states, strict=True):
@@ -405,12 +489,14 @@ def _run(args, targets, configs, run_dirs, states, record) -> int:
                 raise UsageError(str(err)) from None
     old_record = _read_json(args.out / RUN, "the run to resume") if (args.out / RUN).is_file() else {}
     old_targets = [t for t in old_record.get("targets", []) if isinstance(t, (int, float))]
-    atomic_write_json(args.out / RUN, {**old_record, **record, "targets": sorted({*old_targets, *targets})})
+    if lead:
+        atomic_write_json(args.out / RUN, {**old_record, **record, "targets": sorted({*old_targets, *targets})})
 
     for i, (cfg, run_dir, state) in enumerate(zip(configs, run_dirs, states, strict=True)):
         if summary[i] is not None:
             continue
-        run_dir.mkdir(exist_ok=True)
+        if lead:
+            run_dir.mkdir(exist_ok=True)
         checkpoint = run_dir / CHECKPOINT
         pruner = EdgePruner(model, task.examples, ablation=args.ablation, seed=args.seed, config=cfg,
                             model_name=str(args.model))
@@ -420,29 +506,32 @@ def _run(args, targets, configs, run_dirs, states, record) -> int:
                 pruner.load(checkpoint)
             except CheckpointError as err:
                 raise UsageError(str(err)) from None
-            print(f"{where}: resuming from step {pruner.step_index}/{cfg.steps} ({checkpoint})", file=sys.stderr)
-        elif args.resume:
+            if lead:
+                print(f"{where}: resuming from step {pruner.step_index}/{cfg.steps} ({checkpoint})", file=sys.stderr)
+        elif args.resume and lead:
             print(f"{where}: no checkpoint in {run_dir}; starting this target from step 0", file=sys.stderr)
-        elif not args.quiet:
-            print(f"{where}: {cfg.steps} steps, checkpoint every {args.checkpoint_every} in {checkpoint}",
-                  file=sys.stderr)
+        elif not args.quiet and lead:
+            print(f"{where}: {cfg.steps} steps, checkpoint every {args.checkpoint_every} in {checkpoint}"
+                  + (f", over {pruner.ranks} ranks" if pruner.ranks > 1 else ""), file=sys.stderr)
         try:
-            pruner.run(quiet=args.quiet, checkpoint=checkpoint, every=args.checkpoint_every)
+            pruner.run(quiet=args.quiet or not lead, checkpoint=checkpoint, every=args.checkpoint_every)
         except FloatingPointError as err:
             raise UsageError(str(err)) from None
         circuit = pruner.circuit()
-        if not args.no_draw:  # before circuit.json: a finished target has its drawing
+        if not args.no_draw and lead:  # before circuit.json: a finished target has its drawing
             from prune.draw import draw_circuit
 
             draw_circuit(circuit, run_dir / DRAWING)
-        atomic_write_json(run_dir / CIRCUIT, circuit.to_dict())  # Circuit.save's JSON; mode from the umask
+        if lead:
+            atomic_write_json(run_dir / CIRCUIT, circuit.to_dict())  # Circuit.save's JSON; mode from the umask
         metrics = {"target_edge_sparsity": cfg.target_sparsity, "task": args.task, "ablation": args.ablation,
                    "seed": args.seed, "steps": cfg.steps, "conventions": args.conventions,
-                   **circuit_metrics(model, task, circuit, args.ablation)}
-        atomic_write_json(run_dir / METRICS, metrics)
+                   **circuit_metrics(model, task, circuit, args.ablation)}  # every rank: the model is sharded
+        if lead:
+            atomic_write_json(run_dir / METRICS, metrics)
+            print(json.dumps(metrics), flush=True)
         summary[i] = metrics
-        print(json.dumps(metrics), flush=True)
-    if len(summary) > 1:
+    if len(summary) > 1 and lead:
         _plot(summary, args.out / SWEEP)
     return 0
 
@@ -670,13 +759,18 @@ def main(argv=None) -> int:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoints; finished targets are skipped")
     p.add_argument("--threads", type=_threads, default=2,
-                   help=f"torch CPU threads, 1 to {MAX_THREADS} (resume with the same number)")
+                   help=f"torch CPU threads (per rank), 1 to {MAX_THREADS} (resume with the same number)")
+    p.add_argument("--nproc", type=positive_int, default=1,
+                   help="ranks: run under torchrun, FSDP-sharded and data parallel (docs/performance.md); "
+                        "resume with the same number")
     p.add_argument("--no-draw", action="store_true",
                    help="do not draw each circuit (DIR/target-<t>/circuit.png and .svg; matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
     try:
+        argv = sys.argv[1:] if argv is None else list(argv)
         args, extra = parser.parse_known_args(argv)
+        args.argv = argv  # `prune run --nproc N` starts N ranks of the same command
         if extra:  # refused by the subcommand's parser, so that its --help is the one named
             which = {"run": p, "mib-export": e, "plan": q}.get(getattr(args, "command", None), parser)
             which.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -114,7 +114,7 @@ from pathlib import Path
 
 import torch
 
-from prune import hard_concrete
+from prune import hard_concrete, sharding
 from prune.ablation import ablated_writers, check_ablation
 from prune.circuit import Circuit
 from prune.data import Examples
@@ -219,10 +219,12 @@ class CheckpointError(ValueError):
 
 def _fingerprint(model: Transformer, examples: Examples) -> str:
     """What a checkpoint must match to be resumed: the graph, the weights (their bytes, not only
-    their shapes: a checkpoint resumed on other weights would train one run on two models) and the data."""
+    their shapes: a checkpoint resumed on other weights would train one run on two models) and the data.
+    The same for a model in one process and sharded (its weights gathered whole: every rank calls this)."""
     h = hashlib.sha256()
     h.update(repr((model.graph.n_layers, model.graph.n_heads, model.cfg.d_model, model.cfg.vocab_size)).encode())
-    for name, t in model.state_dict().items():
+    state = sharding.full_state_dict(model) if sharding.is_sharded(model) else model.state_dict()
+    for name, t in state.items():
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     for t in (examples.clean, examples.corrupted, examples.valid, examples.answer):
@@ -235,6 +237,13 @@ class EdgePruner:
 
     :func:`edge_pruning` runs it start to end; use this class to checkpoint a
     long run, or to time one step. The model's weights are frozen (no grad).
+
+    Given a model sharded over several processes (:func:`prune.sharding.shard`),
+    every rank runs this with the same arguments (the whole data set) and the run
+    is data parallel (:mod:`prune.sharding`): each rank holds the reference
+    logits and ablated writers of its own contiguous ``len(examples) / ranks``
+    examples only (the count must divide), and gives the same log-alphas as one
+    process up to the order of floating-point sums.
     """
 
     def __init__(self, model: Transformer, examples: Examples, *, ablation: str, seed: int = 0,
@@ -249,13 +258,23 @@ class EdgePruner:
         g = model.graph
         device = model.W_E.device
         model.requires_grad_(False)
+        self.rank, self.ranks = sharding.rank_and_size(model)
+        N = len(examples)
+        if N % self.ranks:
+            raise ValueError(f"{N} examples do not split evenly over {self.ranks} ranks; use a multiple of "
+                             f"{self.ranks} examples, or a number of ranks that divides {N}")
+        per = N // self.ranks
+        self.first = self.rank * per  # this rank's own examples: first, ..., first + per - 1
+        own = examples if self.ranks == 1 else examples.subset(torch.arange(self.first, self.first + per))
+        self.own_examples = own
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         # Targets (fixed weights, fixed data): the full model's logits at the answer positions only,
-        # [K, out] in row-major order; answer_row[i, s] is the row of example i's position s.
-        self.reference = full_logits(model, examples, batch_size=256, answers_only=True)
-        self.answer_row = torch.full(examples.answer.shape, -1, dtype=torch.long, device=examples.answer.device)
-        self.answer_row[examples.answer] = torch.arange(len(self.reference), device=examples.answer.device)
-        self.ablated = ablated_writers(model, examples, ablation)  # None, [W,1,S,D] or [W,N,S,D]
+        # [K, out] in row-major order; answer_row[i, s] is the row of example i's position s (own examples).
+        self.reference = full_logits(model, own, batch_size=256, answers_only=True)
+        self.answer_row = torch.full(own.answer.shape, -1, dtype=torch.long, device=own.answer.device)
+        self.answer_row[own.answer] = torch.arange(len(self.reference), device=own.answer.device)
+        # None, [W,1,S,D] (the mean over every example, on every rank) or [W,per,S,D] (own examples)
+        self.ablated = ablated_writers(model, own, ablation, reference=examples if ablation == "mean" else None)
 
         self.log_alpha = torch.nn.Parameter(torch.full((g.n_edges,), float(cfg.init_log_alpha), device=device))
         self.params = [self.log_alpha]
@@ -273,6 +292,22 @@ class EdgePruner:
         self.step_index = 0  # steps taken
         self.history: list[dict] = []
         self.seconds = 0.0  # training time so far, over every resume
+        if self.ranks > 1:
+            self._check_ranks_agree()
+
+    def _check_ranks_agree(self) -> None:
+        """Refuse a sharded run whose ranks were given different weights, data, seed or configuration
+        (each would train another run, and the summed gradients would belong to none)."""
+        import torch.distributed as dist
+
+        mine = {k: self._metadata()[k] for k in ("seed", "ablation", "config", "fingerprint", "conventions")}
+        every = [None] * self.ranks
+        dist.all_gather_object(every, mine)
+        for r, theirs in enumerate(every):
+            for key in mine:
+                if theirs[key] != mine[key]:
+                    raise ValueError(f"rank {r} has {key} = {theirs[key]!r} but rank {self.rank} has {mine[key]!r}; "
+                                     f"start every rank with the same model, data, seed and configuration")
 
     # ------------------------------------------------------------------ training
     @property
@@ -287,13 +322,13 @@ class EdgePruner:
 
     def step(self) -> dict:
         """One training step; returns its faithfulness, expected sparsity and target."""
-        cfg, model, ex, gen = self.cfg, self.model, self.examples, self.generator
+        cfg, model, gen = self.cfg, self.model, self.generator
         if self.done:
             raise RuntimeError(f"the run has finished its {cfg.steps} steps")
         start = time.perf_counter()
         step = self.step_index
         device, dtype = model.W_E.device, model.W_E.dtype
-        N = len(ex)
+        N = len(self.examples)
         whole = N <= cfg.batch_size and cfg.samples == 1  # the batch is the data set, in order: no copies
         if N > cfg.batch_size:
             idx = torch.randperm(N, generator=gen)[: cfg.batch_size].to(device)
@@ -308,6 +343,19 @@ class EdgePruner:
         nodes = None
         if self.node_log_alpha is not None:
             nodes = hard_concrete.sample(self.node_log_alpha.expand(*shape, -1), gen).to(dtype)
+        # Sharded: every rank drew the batch and the gates above as one process does; it runs the samples of its
+        # own examples (`mine`, positions in the batch). One that has none still runs (FSDP gathers the weights
+        # collectively) on its first example, with weight 0.
+        count, weight = len(idx), 1.0
+        if self.ranks > 1:
+            mine = ((idx >= self.first) & (idx < self.first + len(self.own_examples))).nonzero(as_tuple=True)[0]
+            if not len(mine):
+                mine, weight = torch.arange(cfg.samples, device=device) * (count // cfg.samples), 0.0
+            idx = idx[mine] - self.first if weight else torch.zeros(len(mine), dtype=idx.dtype, device=device)
+            if not cfg.shared_gates:
+                z = z[mine]
+                nodes = None if nodes is None else nodes[mine]
+        ex = self.own_examples
         ablated = self.ablated
         part = None if ablated is None else (ablated if ablated.shape[1] == 1 or whole else ablated[:, idx])
         batch = ex if whole else ex.subset(idx)
@@ -318,29 +366,36 @@ class EdgePruner:
         per_example = answer_loss(logits, reference, rows, batch.answer, ex.kind, cfg.logit_scale)
         if cfg.loss_power != 1.0:
             per_example = per_example.clamp_min(1e-12).pow(cfg.loss_power)
-        faith = per_example.mean()
-        if not torch.isfinite(faith):
+
+        def batch_mean(values):  # the mean over the whole batch; sharded, this rank's share of it
+            return values.mean() if self.ranks == 1 else values.sum() * (weight / count)
+
+        faith = batch_mean(per_example)
+        faith_all = faith.detach() if self.ranks == 1 else sharding.all_reduce_sum(faith)
+        if not torch.isfinite(faith_all):
             raise FloatingPointError(
-                f"the faithfulness loss is {faith.item()} at step {step}; the model or data produce "
+                f"the faithfulness loss is {faith_all.item()} at step {step}; the model or data produce "
                 f"non-finite logits (check the inputs and the model's dtype)"
             )
         surrogate = faith
-        if cfg.score_function and not cfg.shared_gates and len(idx) > 1:
+        if cfg.score_function and not cfg.shared_gates and count > 1:
             # Leave-one-out baseline: each sample's loss against the mean of the other samples
-            # of the same example (samples > 1), or of the other examples (samples == 1).
+            # of the same example (samples > 1: on the same rank), or of the other examples (samples == 1).
             f = per_example.detach()
             if cfg.samples > 1:
                 fk = f.view(cfg.samples, -1)
                 advantage = (fk - (fk.sum(0) - fk) / (cfg.samples - 1)).reshape(-1)
             else:
-                advantage = f - (f.sum() - f) / (len(f) - 1)
+                total = f.sum() if self.ranks == 1 else sharding.all_reduce_sum(f.sum() * weight)
+                advantage = f - (total - f) / (count - 1)
             logp = hard_concrete.log_prob_ends(self.log_alpha, z.detach()).sum(-1)  # [B]
-            surrogate = surrogate + (advantage * logp).mean()
+            surrogate = surrogate + batch_mean(advantage * logp)
         sparsity = 1 - hard_concrete.prob_nonzero(self.log_alpha).mean()
         scale = float(model.graph.n_edges) if cfg.sparsity_in_edges else 1.0
+        scale /= self.ranks  # sharded: every rank adds its share, and the gradients are summed
         loss = surrogate + scale * self.lagrangian(sparsity, target)
         if self.node_log_alpha is not None:
-            node_scale = float(model.graph.n_writers) if cfg.sparsity_in_edges else 1.0
+            node_scale = (float(model.graph.n_writers) if cfg.sparsity_in_edges else 1.0) / self.ranks
             node_sparsity = 1 - hard_concrete.prob_nonzero(self.node_log_alpha).mean()
             loss = loss + node_scale * self.node_lagrangian(node_sparsity, cfg.node_target_sparsity * ramp)
         step_lr = cfg.lr * self.lr_factor(step)
@@ -349,6 +404,9 @@ class EdgePruner:
         self.opt.zero_grad(set_to_none=True)
         self.lam_opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.ranks > 1:
+            sharding.all_reduce_gradients([*self.params, *self.lagrangian.parameters(),
+                                           *self.node_lagrangian.parameters()])
         self.opt.step()
         if cfg.decay:
             with torch.no_grad():
@@ -356,7 +414,7 @@ class EdgePruner:
                     p.sub_(step_lr * cfg.decay)
         self.lam_opt.step()
         self.step_index += 1
-        stats = {"step": step, "faithfulness": faith.item(), "sparsity": sparsity.item(), "target": target,
+        stats = {"step": step, "faithfulness": faith_all.item(), "sparsity": sparsity.item(), "target": target,
                  "lambda1": self.lagrangian.l1.item(), "lambda2": self.lagrangian.l2.item()}
         if step % 25 == 0 or self.done:
             self.history.append(stats)
@@ -401,14 +459,20 @@ class EdgePruner:
         return {"format": "edge-pruning-checkpoint/1", "step": str(self.step_index), "seed": str(self.seed),
                 "ablation": self.ablation, "config": json.dumps(dataclasses.asdict(self.cfg), sort_keys=True),
                 "fingerprint": self.fingerprint, "history": json.dumps(self.history),
-                "seconds": repr(self.seconds), "conventions": self.model.graph.conventions}
+                "seconds": repr(self.seconds), "conventions": self.model.graph.conventions, "ranks": str(self.ranks)}
 
     def save(self, path: str | Path) -> Path:
-        """Write a safetensors checkpoint atomically (a temporary file, then a rename)."""
+        """Write a safetensors checkpoint atomically (a temporary file, then a rename). Sharded, rank 0
+        writes it (the state is replicated) and the others wait until it is in place."""
         from safetensors.torch import save_file
 
-        with atomic_path(path) as tmp:
-            save_file(self.state_dict(), str(tmp), metadata=self._metadata())
+        if self.rank == 0:
+            with atomic_path(path) as tmp:
+                save_file(self.state_dict(), str(tmp), metadata=self._metadata())
+        if self.ranks > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
         return Path(path)
 
     def load(self, path: str | Path) -> EdgePruner:
@@ -428,6 +492,11 @@ class EdgePruner:
             raise CheckpointError(f"{path} is not an Edge Pruning checkpoint (format {meta.get('format')!r})")
         mine = self._metadata()
         meta = {"conventions": "ours", **meta}  # a checkpoint from before conventions were recorded: ours
+        written = meta.get("ranks", "1")  # a checkpoint from before sharding: one process
+        if written != mine["ranks"]:
+            raise CheckpointError(
+                f"{path} was written by a run over {written} rank(s), but this run has {mine['ranks']}; each rank "
+                f"holds its own examples, so resume with the same number of ranks (--nproc {written}), or start afresh")
         for key in ("seed", "ablation", "config", "fingerprint", "conventions"):
             if meta.get(key) != mine[key]:
                 raise CheckpointError(

@@ -150,8 +150,9 @@ class Block(nn.Module):
 
     Heads are kept apart so each reader can use its own slice. The block does
     not add to the residual stream: :class:`Transformer` reads the inputs
-    (one shared stream, or one per reader when masked), norms them with
-    ``ln1``/``ln2``, and writes what ``attention`` and ``mlp`` return.
+    (one shared stream, or one per reader when masked), and writes what its
+    sublayers return: ``attention_sublayer`` (``ln1``, then ``attention``) and
+    ``mlp_sublayer`` (``ln2``, then ``mlp``).
     """
 
     def __init__(self, cfg: TransformerConfig):
@@ -233,6 +234,22 @@ class Block(nn.Module):
         if self.b_O is not None and bias_share:
             out = out + self.b_O / H
         return out
+
+    def attention_sublayer(self, x, attention_mask, rotary, heads=None, bias_share=True):
+        """``ln1``, then :meth:`attention`, from the residual as the heads' readers take it: one stream
+        ``[B, S, D]`` for every head (plain), or each reader's own ``[3n, B, S, D]`` (masked: the ``n``
+        query readers of the heads run, then their key and their value readers).
+
+        The model calls a block only through its two sublayers, so that under FSDP
+        (:mod:`prune.sharding`) each call gathers the block's weights and nothing outside a call needs them.
+        """
+        x = self.ln1(x)
+        if x.ndim == 3:
+            return self.attention(x, x, x, attention_mask, rotary, heads=heads, bias_share=bias_share)
+        return self.attention(*x.split(x.shape[0] // 3), attention_mask, rotary, heads=heads, bias_share=bias_share)
+
+    def mlp_sublayer(self, x):  # the residual as the MLP reads it, [B, S, D] -> [B, S, D]
+        return self.mlp(self.ln2(x))
 
     def mlp(self, x):  # x normed, [B, S, D] -> [B, S, D]
         h = x @ self.W_in  # [B, S, F]
@@ -372,12 +389,11 @@ class Transformer(nn.Module):
             stack = x.new_empty(g.n_writers, *x.shape)  # detached copies
             stack[0] = self._input_writer(tokens).detach()
         for l, block in enumerate(self.blocks):
-            xa = block.ln1(x)  # every head reads the same stream
-            heads = block.attention(xa, xa, xa, attention_mask, rotary, bias_share=not self._eap_ig)  # [H, B, S, D]
+            heads = block.attention_sublayer(x, attention_mask, rotary, bias_share=not self._eap_ig)  # [H, B, S, D]
             x = x + heads.sum(0)
             if (fixed := self._fixed_attention(block)) is not None:
                 x = x + fixed
-            mlp = block.mlp(block.ln2(x))  # [B, S, D]
+            mlp = block.mlp_sublayer(x)  # [B, S, D]
             x = x + mlp
             if stack is not None:
                 first = g.head_writer(l, 0)
@@ -457,22 +473,19 @@ class Transformer(nn.Module):
             r0, w0 = g.head_reader(l, 0, "q"), g.head_writer(l, 0)  # readers: H queries, H keys, H values
             run = [h for h in range(H) if live[w0 + h]]
             if len(run) == H:
-                # each [H, B, S, D]; split, not slices: backward is one cat
-                xq, xk, xv = block.ln1(resid.read(slice(r0, r0 + 3 * H))).split(H)
-                heads = block.attention(xq, xk, xv, attention_mask, rotary, bias_share=share)
+                x = resid.read(slice(r0, r0 + 3 * H))  # [3H, B, S, D]; split, not sliced (backward: one cat)
+                heads = block.attention_sublayer(x, attention_mask, rotary, bias_share=share)
             else:  # (sparse only) the live heads' query, key and value readers; the others write zeros
                 heads = self.W_E.new_zeros(H, B, S, cfg.d_model)
                 if run:
                     idx = torch.tensor(run, device=self.W_E.device)
                     x = resid.read(torch.cat([r0 + idx, r0 + H + idx, r0 + 2 * H + idx]))
-                    xq, xk, xv = block.ln1(x).split(len(run))
-                    heads[idx] = block.attention(xq, xk, xv, attention_mask, rotary, heads=idx, bias_share=share)
+                    heads[idx] = block.attention_sublayer(x, attention_mask, rotary, heads=idx, bias_share=share)
             resid.write(w0, heads)
             resid.add_fixed(self._fixed_attention(block))
             rm, wm = g.mlp_reader(l), g.mlp_writer(l)
             if live[wm]:
-                xm = block.ln2(resid.read(slice(rm, rm + 1)).squeeze(0))  # [B, S, D]
-                resid.write(wm, block.mlp(xm).unsqueeze(0))
+                resid.write(wm, block.mlp_sublayer(resid.read(slice(rm, rm + 1)).squeeze(0)).unsqueeze(0))
             else:
                 resid.write(wm, self.W_E.new_zeros(1, B, S, cfg.d_model))
         rl = g.logits_reader
