@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prune._masked_read import _Residual, _RMSNorm
+from prune._masked_read import _ProjectReaders, _Residual, _RMSNorm
 from prune.graph import Graph, check_conventions
 
 __all__ = ["TransformerConfig", "Transformer"]
@@ -180,7 +180,9 @@ class Block(nn.Module):
         unless ``bias_share`` is False (EAP-IG's conventions, where the model adds ``b_O`` itself).
 
         ``xq``/``xk``/``xv`` are normed inputs, either shared ``[B, S, D]`` (plain)
-        or one per query head ``[H, B, S, D]`` (masked, ungrouped key/value).
+        or one per query head ``[H, B, S, D]`` (masked, ungrouped key/value); or, masked, all three
+        in ``xq`` ``[3H, B, S, D]`` with ``xk`` and ``xv`` None (one input gradient, see
+        :class:`prune._masked_read._ProjectReaders`).
         ``attention_mask``: ``[B, S]``, 0 at padding keys, or None. ``rotary``:
         ``(cos, sin)``, each ``[S, E]``, or None (learned positions).
         ``heads`` (masked only): the query heads to run, ``[h]`` indices, when
@@ -210,15 +212,20 @@ class Block(nn.Module):
             idx = (torch.arange(H, device=W.device) if heads is None else heads) // group
             return W[idx], None if b is None else b[idx]
 
-        q = project(xq, W_Q, b_Q, n)
-        if xk.ndim == 3:  # shared input: project G heads once, then repeat
-            k = project(xk, self.W_K, self.b_K, G).repeat_interleave(group, dim=1)
+        if xk is None:  # masked: the readers' inputs in one tensor [3n, B, S, D], with one input gradient
+            (W_K, b_K), (W_V, b_V) = expand(self.W_K, self.b_K), expand(self.W_V, self.b_V)
+            qkv = _ProjectReaders.apply(xq, W_Q, W_K, W_V)
+            q, k, v = (t if b is None else t + b[None, :, None, :] for t, b in zip(qkv, (b_Q, b_K, b_V), strict=True))
         else:
-            k = project(xk, *expand(self.W_K, self.b_K), n)
-        if xv.ndim == 3:
-            v = project(xv, self.W_V, self.b_V, G).repeat_interleave(group, dim=1)
-        else:
-            v = project(xv, *expand(self.W_V, self.b_V), n)
+            q = project(xq, W_Q, b_Q, n)
+            if xk.ndim == 3:  # shared input: project G heads once, then repeat
+                k = project(xk, self.W_K, self.b_K, G).repeat_interleave(group, dim=1)
+            else:
+                k = project(xk, *expand(self.W_K, self.b_K), n)
+            if xv.ndim == 3:
+                v = project(xv, self.W_V, self.b_V, G).repeat_interleave(group, dim=1)
+            else:
+                v = project(xv, *expand(self.W_V, self.b_V), n)
         if rotary is not None:
             q, k = _apply_rotary(q, *rotary), _apply_rotary(k, *rotary)
         S = q.shape[2]
@@ -246,7 +253,7 @@ class Block(nn.Module):
         x = self.ln1(x)
         if x.ndim == 3:
             return self.attention(x, x, x, attention_mask, rotary, heads=heads, bias_share=bias_share)
-        return self.attention(*x.split(x.shape[0] // 3), attention_mask, rotary, heads=heads, bias_share=bias_share)
+        return self.attention(x, None, None, attention_mask, rotary, heads=heads, bias_share=bias_share)
 
     def mlp_sublayer(self, x):  # the residual as the MLP reads it, [B, S, D] -> [B, S, D]
         return self.mlp(self.ln2(x))
