@@ -73,7 +73,16 @@ def read_write_directions(model: Transformer) -> tuple[list[set[int]], list[set[
             out = _nonzero_rows(b.W_out.T)
             if b.b_out is not None:
                 out |= _nonzero_rows(b.b_out[:, None])
-            writes[g.mlp_writer(l)] = out
+            tc = getattr(b, "transcoder", None)  # a transcoded MLP (prune.transcoder): its encoder reads too
+            if tc is not None:
+                reads[g.mlp_reader(l)] |= _nonzero_rows(tc.W_enc)
+                out |= _nonzero_rows(tc.W_dec.T) | _nonzero_rows(tc.b_dec[:, None])
+            if g.n_features(l):  # feature i writes its decoder row; m{l}.err the rest (MLP, decoder and b_dec)
+                for i in range(g.n_features(l)):
+                    writes[g.feature_writer(l, i)] = _nonzero_rows(tc.W_dec[i][:, None])
+                writes[g.error_writer(l)] = out
+            else:
+                writes[g.mlp_writer(l)] = out
         reads[g.logits_reader] = _nonzero_rows(model.W_U)
     return writes, reads
 

@@ -221,16 +221,6 @@ def eap_ig(model: Transformer, examples: Examples, *, ablation: str, seed: int =
                    metadata={"seed": seed, "steps": steps, "top_k": top_k, "threshold": threshold, **rule})
 
 
-def _reader_writer(graph, reader: int) -> int | None:
-    """The writer (node output) of a reader's node; None for the logits."""
-    if reader == graph.logits_reader:
-        return None
-    layer, offset = divmod(reader, 3 * graph.n_heads + 1)
-    if offset == 3 * graph.n_heads:
-        return graph.mlp_writer(layer)
-    return graph.head_writer(layer, offset % graph.n_heads)
-
-
 def _acdc_run(evaluator: Evaluator, tau: float) -> tuple[torch.Tensor, torch.Tensor, dict]:
     g = evaluator.model.graph
     mask = torch.ones(g.n_edges)
@@ -243,8 +233,8 @@ def _acdc_run(evaluator: Evaluator, tau: float) -> tuple[torch.Tensor, torch.Ten
     tried = skipped = 0
     for r in range(g.n_readers - 1, -1, -1):
         edges = sorted(by_reader.get(r, []), key=lambda p: -g.edges[p][0])  # writers last to first
-        node = _reader_writer(g, r)
-        if node is not None and not bool(mask[writer_of == node].any()):
+        node = g.writers_of_reader(r)  # the reader's node's writers: its head, or every writer of its MLP
+        if len(node) and not bool(mask[(writer_of >= node.start) & (writer_of < node.stop)].any()):
             # This node reaches nothing any more: its inputs cannot change the output.
             mask[edges] = 0.0
             skipped += len(edges)

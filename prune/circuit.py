@@ -6,6 +6,9 @@ our own top-level keys (``model``, ``ablation``, ``method``, ``metadata`` and
 ``conventions``, the writer conventions it was found under), which EAP-IG ignores.
 A file without ``conventions`` was found under EAP-IG's if it has none of our
 keys (EAP-IG's own ``to_json``), else under ours (written before the key was).
+A circuit of a feature graph (:mod:`prune.graph`) also records ``cfg.features``,
+the per-layer feature counts that rebuild its graph, and lists each transcoded
+layer's MLP input ``m{l}`` among the nodes; EAP-IG cannot read such a file.
 """
 
 from __future__ import annotations
@@ -110,12 +113,15 @@ class Circuit:
     def without_dead_ends(self) -> Circuit:
         """Drop edges into heads and MLPs whose output reaches nothing (no effect on the output)."""
         g = self.graph
-        keep = set(self.edges)
+        keep = {g.edge_position(e) for e in self.edges}
         while True:
-            writers_used = {e.split("->")[0] for e in keep}
-            dead = {e for e in keep if (r := e.split("->")[1].split("<")[0]) != "logits" and r not in writers_used}
+            writers_used = {g.edges[i][0] for i in keep}
+            # A reader's node reaches something if any writer it feeds has an edge (a transcoded MLP's
+            # input feeds every feature and the error term of its layer); logits feed none and always count.
+            dead = {i for i in keep if (ws := g.writers_of_reader(g.edges[i][1]))
+                    and not any(w in writers_used for w in ws)}
             if not dead:
-                return dataclasses.replace(self, edges=tuple(e for e in g.edge_names if e in keep))
+                return dataclasses.replace(self, edges=tuple(g.edge_names[i] for i in sorted(keep)))
             keep -= dead
 
     def connected(self) -> Circuit:
@@ -147,9 +153,12 @@ class Circuit:
         g, in_circuit = self.graph, set(self.edges)
         nodes = set(self.nodes) | {"logits"}
         scores = self.scores if self.scores is not None else [1.0 if e in in_circuit else 0.0 for e in g.edge_names]
+        cfg = {"n_layers": g.n_layers, "n_heads": g.n_heads, "parallel_attn_mlp": False, "d_model": self.d_model}
+        if g.features is not None:
+            cfg["features"] = list(g.features)
         return {
-            "cfg": {"n_layers": g.n_layers, "n_heads": g.n_heads, "parallel_attn_mlp": False, "d_model": self.d_model},
-            "nodes": {n: {"in_graph": n in nodes} for n in (*g.writer_names, "logits")},
+            "cfg": cfg,
+            "nodes": {n: {"in_graph": n in nodes} for n in g.node_names},
             "edges": {
                 e: {"score": float(s), "in_graph": e in in_circuit}
                 for e, s in zip(g.edge_names, scores, strict=True)
@@ -196,7 +205,8 @@ class Circuit:
         if conventions is not None and conventions not in CONVENTIONS:
             raise ValueError(f"unknown writer conventions {conventions!r}; choose one of {CONVENTIONS}")
         try:
-            file_graph = Graph(n_layers=cfg["n_layers"], n_heads=cfg["n_heads"], conventions=conventions or recorded)
+            file_graph = Graph(n_layers=cfg["n_layers"], n_heads=cfg["n_heads"], conventions=conventions or recorded,
+                               features=cfg.get("features"))
         except (TypeError, ValueError) as err:
             raise CircuitFileError(f"{path}: bad 'cfg': {err}") from None
         if graph is not None and (file_graph.n_layers, file_graph.n_heads) != (graph.n_layers, graph.n_heads):
@@ -204,6 +214,10 @@ class Circuit:
                 f"{path} is a circuit for a {file_graph.n_layers}-layer, {file_graph.n_heads}-head model, "
                 f"not this {graph.n_layers}-layer, {graph.n_heads}-head one"
             )
+        if graph is not None and file_graph.features != graph.features:
+            raise CircuitFileError(
+                f"{path} is a circuit of a graph with transcoder features {file_graph.features} per layer, "
+                f"not this one's {graph.features} (None: no transcoded layer)")
         if graph is not None and file_graph.conventions != graph.conventions:
             raise CircuitFileError(
                 f"{path} was found under {file_graph.conventions!r} writer conventions, and this model is under "

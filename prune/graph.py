@@ -29,6 +29,17 @@ embedding, the position embedding and ``b_O`` are never ablated, and a circuit
 is evaluated after EAP-IG's ``Graph.prune`` (:meth:`Graph.connected`). Two
 graphs of one shape under different conventions are different graphs: their
 circuits do not compare.
+
+A *feature graph* (``features``, one count per layer; docs/transcoders.md) puts a
+transcoder's features in place of an MLP writer: layer ``l`` with ``F > 0``
+features has the writers ``m{l}.f0 … m{l}.f{F-1}, m{l}.err`` where the ordinary
+graph has ``m{l}`` (in that place of the writer order), each feature writing its
+activation times its decoder row, and ``m{l}.err`` the rest of the MLP's output
+(the error term and the decoder bias ``b_dec``). Readers are the same: the
+layer's reader ``m{l}`` is the input the encoder (and the true MLP, for the
+error term) reads. Edges follow: ``m1.f17->a2.h0<q>``, ``input->m1``,
+``m0.err->logits``. A count of 0 keeps the layer's plain ``m{l}``; ``features``
+None (or all 0) is the ordinary graph.
 """
 
 from __future__ import annotations
@@ -52,15 +63,22 @@ def check_conventions(conventions: str) -> str:
 
 _HEAD_RE = re.compile(r"^a(\d+)\.h(\d+)$")
 _MLP_RE = re.compile(r"^m(\d+)$")
+_FEATURE_RE = re.compile(r"^m(\d+)\.f(\d+)$")
+_ERROR_RE = re.compile(r"^m(\d+)\.err$")
 
 
 @dataclasses.dataclass(frozen=True)
 class Graph:
-    """Writers, readers and edges of an ``n_layers`` x ``n_heads`` transformer, under ``conventions``."""
+    """Writers, readers and edges of an ``n_layers`` x ``n_heads`` transformer, under ``conventions``.
+
+    ``features``: per layer, the number of transcoder features that replace its
+    MLP writer (0: the plain ``m{l}``), or None for the ordinary graph (module doc).
+    """
 
     n_layers: int
     n_heads: int
     conventions: str = "ours"
+    features: tuple[int, ...] | None = None
 
     def __post_init__(self):
         for field in ("n_layers", "n_heads"):
@@ -68,25 +86,88 @@ class Graph:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"Graph.{field} must be a positive int, got {value!r}")
         check_conventions(self.conventions)
+        f = self.features
+        if f is not None:
+            if isinstance(f, (str, bytes)) or not hasattr(f, "__len__"):
+                raise ValueError(f"Graph.features must be one feature count per layer, got {f!r}")
+            f = tuple(f)  # a list (as a JSON file holds it) is accepted; the graph keeps a tuple
+            if len(f) != self.n_layers or any(
+                    not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in f):
+                raise ValueError(f"Graph.features must be {self.n_layers} non-negative ints (one per layer; "
+                                 f"0 keeps the layer's plain MLP writer), got {self.features!r}")
+            # All zero is the ordinary graph: one graph, one value (equal graphs, equal circuits).
+            object.__setattr__(self, "features", f if any(f) else None)
+
+    def n_features(self, layer: int) -> int:
+        """Transcoder features replacing layer ``layer``'s MLP writer (0: its plain ``m{layer}``)."""
+        return 0 if self.features is None else self.features[layer]
 
     # ----------------------------------------------------------------- writers
+    @functools.cached_property
+    def _layer_start(self) -> tuple[int, ...]:
+        """Per layer, and once more at the end: the index of the layer's first writer (its head 0)."""
+        starts, i = [], 1
+        for layer in range(self.n_layers):
+            starts.append(i)
+            i += self.n_heads + len(self._mlp_names(layer))
+        return (*starts, i)
+
+    def _mlp_names(self, layer: int) -> list[str]:
+        n = self.n_features(layer)
+        return [f"m{layer}"] if n == 0 else [*(f"m{layer}.f{i}" for i in range(n)), f"m{layer}.err"]
+
     @property
     def n_writers(self) -> int:
-        return 1 + self.n_layers * (self.n_heads + 1)
+        return self._layer_start[-1]
 
     def head_writer(self, layer: int, head: int) -> int:
-        return 1 + layer * (self.n_heads + 1) + head
+        return self._layer_start[layer] + head
+
+    def mlp_writers(self, layer: int) -> range:
+        """Every writer of layer ``layer``'s MLP, in order: ``m{l}`` alone, or its features then ``m{l}.err``."""
+        return range(self._layer_start[layer] + self.n_heads, self._layer_start[layer + 1])
 
     def mlp_writer(self, layer: int) -> int:
-        return 1 + layer * (self.n_heads + 1) + self.n_heads
+        """The writer ``m{layer}`` of a plain MLP layer (a transcoded one has :meth:`mlp_writers`)."""
+        if self.n_features(layer):
+            raise ValueError(f"layer {layer}'s MLP is transcoded into {self.n_features(layer)} features: it has no "
+                             f"single writer m{layer}; use mlp_writers({layer}), feature_writer({layer}, i) "
+                             f"or error_writer({layer})")
+        return self._layer_start[layer] + self.n_heads
+
+    def feature_writer(self, layer: int, feature: int) -> int:
+        """The writer ``m{layer}.f{feature}`` of a transcoded layer."""
+        n = self.n_features(layer)
+        if not 0 <= feature < n:
+            raise ValueError(f"layer {layer} has {n} transcoder features, so no feature {feature!r}"
+                             + ("" if n else f" (its MLP is the plain writer m{layer})"))
+        return self._layer_start[layer] + self.n_heads + feature
+
+    def error_writer(self, layer: int) -> int:
+        """The writer ``m{layer}.err`` of a transcoded layer: its error term and decoder bias."""
+        if not self.n_features(layer):
+            raise ValueError(f"layer {layer}'s MLP is not transcoded: it has no error writer, only m{layer}")
+        return self._layer_start[layer + 1] - 1
 
     @functools.cached_property
     def writer_names(self) -> tuple[str, ...]:
         names = ["input"]
         for layer in range(self.n_layers):
             names += [f"a{layer}.h{h}" for h in range(self.n_heads)]
-            names.append(f"m{layer}")
+            names += self._mlp_names(layer)
         return tuple(names)
+
+    @functools.cached_property
+    def node_names(self) -> tuple[str, ...]:
+        """Every node, in forward order: the writers, each transcoded layer's MLP input ``m{l}`` (a reader
+        only) before its features, and ``logits``. On the ordinary graph: the writers and ``logits``."""
+        names = []
+        for name in self.writer_names:
+            m = _FEATURE_RE.match(name)
+            if m and m.group(2) == "0":
+                names.append(f"m{m.group(1)}")
+            names.append(name)
+        return (*names, "logits")
 
     @functools.cached_property
     def _writer_lookup(self) -> dict[str, int]:
@@ -99,6 +180,8 @@ class Graph:
             raise KeyError(
                 f"unknown writer {name!r} for a {self.n_layers}-layer, {self.n_heads}-head "
                 f"graph; writers are 'input', 'a{{l}}.h{{h}}' and 'm{{l}}'"
+                + ("" if self.features is None else
+                   f", or 'm{{l}}.f{{i}}' and 'm{{l}}.err' in the transcoded layers (features {self.features})")
             ) from None
 
     # ----------------------------------------------------------------- readers
@@ -144,8 +227,17 @@ class Graph:
         if reader == self.logits_reader:
             return self.n_writers
         layer, offset = divmod(reader, 3 * self.n_heads + 1)
-        first_of_layer = 1 + layer * (self.n_heads + 1)
-        return first_of_layer + (self.n_heads if offset == 3 * self.n_heads else 0)
+        return self._layer_start[layer] + (self.n_heads if offset == 3 * self.n_heads else 0)
+
+    def writers_of_reader(self, reader: int) -> range:
+        """The writers whose input ``reader`` is: its head, or every writer of its MLP; empty for ``logits``."""
+        if reader == self.logits_reader:
+            return range(0)
+        layer, offset = divmod(reader, 3 * self.n_heads + 1)
+        if offset == 3 * self.n_heads:
+            return self.mlp_writers(layer)
+        w = self.head_writer(layer, offset % self.n_heads)
+        return range(w, w + 1)
 
     # ------------------------------------------------------------------- edges
     @functools.cached_property
@@ -162,7 +254,7 @@ class Graph:
             visible = visible + heads
             for w in visible:
                 out.append((w, self.mlp_reader(layer)))
-            visible = visible + [self.mlp_writer(layer)]
+            visible = visible + list(self.mlp_writers(layer))
         for w in visible:
             out.append((w, self.logits_reader))
         return tuple(out)
@@ -186,7 +278,8 @@ class Graph:
             return self._edge_lookup[name]
         except KeyError:
             raise KeyError(
-                f"edge {name!r} is not in the {self.n_layers}-layer, {self.n_heads}-head graph "
+                f"edge {name!r} is not in the {self.n_layers}-layer, {self.n_heads}-head graph"
+                f"{'' if self.features is None else f' with features {self.features}'} "
                 f"(names look like 'input->a0.h0<q>', 'a0.h1->m0', 'm0->logits'; a reader "
                 f"only reads writers of earlier layers, and an MLP its own layer's heads)"
             ) from None
@@ -225,36 +318,46 @@ class Graph:
         repeatedly dropping every head and MLP without an incoming or an outgoing edge, with its edges.
 
         ``input`` always counts as having incoming edges and ``logits`` as present, as in EAP-IG
-        (its commit 795f560). A non-zero entry of ``present`` is an edge in the circuit.
+        (its commit 795f560). A non-zero entry of ``present`` is an edge in the circuit. A transcoded
+        layer's MLP (its reader ``m{l}`` and all its feature and error writers) is one node: it has an
+        outgoing edge when any of its writers has one.
         """
         if present.shape != (self.n_edges,):
             raise ValueError(f"expected shape ({self.n_edges},), got {tuple(present.shape)}")
         dev = present.device
         writer, reader = self.edge_index_tensor.to(dev)
-        owner = self._writer_of_reader.to(dev)  # [R]: whose input each reader is; n_writers for logits
+        of_writer = self._node_of_writer.to(dev)  # [W]: the node each writer belongs to
+        owner = self._node_of_reader.to(dev)  # [R]: the node whose input each reader is; n_writers for logits
         keep = present.ne(0)
         while True:
             has_out = torch.zeros(self.n_writers + 1, dtype=torch.bool, device=dev)
-            has_out[writer[keep]] = True
+            has_out[of_writer[writer[keep]]] = True
             has_in = torch.zeros(self.n_writers + 1, dtype=torch.bool, device=dev)
             has_in[owner[reader[keep]]] = True
             has_in[0] = True  # input
             node = has_out & has_in
             node[self.n_writers] = True  # logits
-            new = keep & node[writer] & node[owner[reader]]
+            new = keep & node[of_writer[writer]] & node[owner[reader]]
             if torch.equal(new, keep):
                 return keep
             keep = new
 
     @functools.cached_property
-    def _writer_of_reader(self) -> torch.Tensor:
-        """``[n_readers]`` long: the writer whose input each reader is (``n_writers`` for ``logits``)."""
-        out = torch.full((self.n_readers,), self.n_writers, dtype=torch.long)
+    def _node_of_writer(self) -> torch.Tensor:
+        """``[n_writers]`` long: each writer's node, named by the node's first writer (on the ordinary
+        graph every writer is its own node; a transcoded layer's writers are one)."""
+        out = torch.arange(self.n_writers, dtype=torch.long)
         for layer in range(self.n_layers):
-            for h in range(self.n_heads):
-                for port in "qkv":
-                    out[self.head_reader(layer, h, port)] = self.head_writer(layer, h)
-            out[self.mlp_reader(layer)] = self.mlp_writer(layer)
+            ws = self.mlp_writers(layer)
+            out[ws.start : ws.stop] = ws.start
+        return out
+
+    @functools.cached_property
+    def _node_of_reader(self) -> torch.Tensor:
+        """``[n_readers]`` long: the node whose input each reader is (``n_writers`` for ``logits``)."""
+        out = torch.full((self.n_readers,), self.n_writers, dtype=torch.long)
+        for r in range(self.n_readers - 1):
+            out[r] = self.writers_of_reader(r).start
         return out
 
     def edge_mask(self, names) -> torch.Tensor:
@@ -289,7 +392,13 @@ def _node_sort_key(name: str):
     m = _HEAD_RE.match(name)
     if m:
         return (int(m.group(1)), 0, int(m.group(2)))
-    m = _MLP_RE.match(name)
+    m = _MLP_RE.match(name)  # a plain MLP, or a transcoded one's input: before its features
     if m:
-        return (int(m.group(1)), 1, 0)
+        return (int(m.group(1)), 1, -1)
+    m = _FEATURE_RE.match(name)
+    if m:
+        return (int(m.group(1)), 1, int(m.group(2)))
+    m = _ERROR_RE.match(name)
+    if m:
+        return (int(m.group(1)), 2, 0)
     return (10**9 + 1, 0, 0)

@@ -298,7 +298,7 @@ class Transformer(nn.Module):
         another graph. Circuits, ablated writers and evaluators follow the model they are given."""
         check_conventions(conventions)
         other = copy.copy(self)  # a new Module whose parameter and submodule dicts are this one's
-        other.graph = Graph(n_layers=self.cfg.n_layers, n_heads=self.cfg.n_heads, conventions=conventions)
+        other.graph = dataclasses.replace(self.graph, conventions=conventions)  # a feature graph stays one
         return other
 
     # ------------------------------------------------------------ components
@@ -400,12 +400,12 @@ class Transformer(nn.Module):
             x = x + heads.sum(0)
             if (fixed := self._fixed_attention(block)) is not None:
                 x = x + fixed
-            mlp = block.mlp_sublayer(x)  # [B, S, D]
-            x = x + mlp
+            mlp = self._mlp_outputs(l, block.mlp_sublayer(x))  # [n, B, S, D]: the layer's n MLP writers
+            x = x + (mlp[0] if len(mlp) == 1 else mlp.sum(0))
             if stack is not None:
-                first = g.head_writer(l, 0)
+                first, wm = g.head_writer(l, 0), g.mlp_writers(l)
                 stack[first : first + g.n_heads] = heads.detach()
-                stack[g.mlp_writer(l)] = mlp.detach()
+                stack[wm.start : wm.stop] = mlp.detach()
         logits = self.unembed(self.ln_f(x if positions is None else x[positions]))
         return (logits, stack) if return_writers else logits
 
@@ -441,6 +441,19 @@ class Transformer(nn.Module):
             ablated = ablated.to(self.W_E.dtype)
         return edge_mask.to(self.W_E.dtype), node_mask, ablated
 
+    def _mlp_outputs(self, layer: int, out: torch.Tensor) -> torch.Tensor:
+        """``mlp_sublayer``'s output as the layer's MLP writers ``[n, B, S, D]``: a plain MLP's ``[B, S, D]``
+        is one writer; a transcoded layer of a feature graph (:func:`prune.transcoder.feature_model`) returns
+        its features' and error term's outputs apart, ``[F + 1, B, S, D]``."""
+        n = len(self.graph.mlp_writers(layer))
+        if out.ndim == 3 and n == 1 and not self.graph.n_features(layer):
+            return out.unsqueeze(0)
+        if out.ndim == 4 and out.shape[0] == n:
+            return out
+        raise RuntimeError(f"layer {layer}'s MLP returned {tuple(out.shape)}, but the graph has {n} writers there "
+                           f"(features {self.graph.features}); build a feature model with "
+                           f"prune.transcoder.feature_model, not by changing blocks or graph alone")
+
     def _live_writers(self, z: torch.Tensor) -> list[bool]:
         """Per writer: does its output reach the logits along edges with a non-zero gate in ``z`` ``[W, R]``?"""
         g, H = self.graph, self.cfg.n_heads
@@ -449,9 +462,10 @@ class Transformer(nn.Module):
         needed[g.logits_reader] = True
         live = [True] * g.n_writers
         for l in reversed(range(g.n_layers)):  # a node reads only earlier writers: later nodes first
-            wm = g.mlp_writer(l)
-            live[wm] = bool(nonzero[wm, needed].any())
-            if live[wm]:
+            wm = g.mlp_writers(l)  # m{l}, or a transcoded layer's features and error term: computed together
+            mlp_live = bool(nonzero[wm.start : wm.stop][:, needed].any())
+            live[wm.start : wm.stop] = [mlp_live] * len(wm)
+            if mlp_live:
                 needed[g.mlp_reader(l)] = True
             w0, r0 = g.head_writer(l, 0), g.head_reader(l, 0, "q")
             heads = nonzero[w0 : w0 + H][:, needed].any(1)  # [H]
@@ -490,11 +504,12 @@ class Transformer(nn.Module):
                     heads[idx] = block.attention_sublayer(x, attention_mask, rotary, heads=idx, bias_share=share)
             resid.write(w0, heads)
             resid.add_fixed(self._fixed_attention(block))
-            rm, wm = g.mlp_reader(l), g.mlp_writer(l)
-            if live[wm]:
-                resid.write(wm, block.mlp_sublayer(resid.read(slice(rm, rm + 1)).squeeze(0)).unsqueeze(0))
+            rm, wm = g.mlp_reader(l), g.mlp_writers(l)  # one reader; one writer, or features and error term
+            if live[wm.start]:
+                out = block.mlp_sublayer(resid.read(slice(rm, rm + 1)).squeeze(0))
+                resid.write(wm.start, self._mlp_outputs(l, out))
             else:
-                resid.write(wm, self.W_E.new_zeros(1, B, S, cfg.d_model))
+                resid.write(wm.start, self.W_E.new_zeros(len(wm), B, S, cfg.d_model))
         rl = g.logits_reader
         x = resid.read(slice(rl, rl + 1)).squeeze(0)  # [B, S, D]
         logits = self.unembed(self.ln_f(x if positions is None else x[positions]))

@@ -5,7 +5,8 @@ Interpretable LLM Feature Circuits") maps an MLP's *normed* input to that MLP's
 output through features ``f = act(x W_enc + b_enc)``, ``y = f W_dec + b_dec``.
 This module trains them (:func:`train_transcoder`), saves and loads them in
 circuit-tracer's single-layer layout (:func:`save_transcoders`,
-:func:`load_transcoders`), swaps them into a model (:func:`replace_mlps`), and
+:func:`load_transcoders`), swaps them into a model (:func:`replace_mlps`; with
+every feature a writer of the graph, :func:`feature_model`), and
 scores a trained one against known features (:func:`match_features`). A
 compiled Tracr MLP *is* a ReLU transcoder: :meth:`Transcoder.from_mlp` gives
 that ideal one, each hidden unit a feature. docs/transcoders.md has the recipe,
@@ -36,7 +37,7 @@ __all__ = [
     "TranscoderConfig", "Transcoder", "TranscoderFileError", "TrainingLog",
     "mlp_activations", "fit_transcoder", "train_transcoder",
     "save_transcoders", "load_transcoders", "load_transcoder",
-    "replace_mlps", "Faithfulness", "replacement_faithfulness",
+    "replace_mlps", "feature_model", "Faithfulness", "replacement_faithfulness",
     "FeatureMatch", "match_features",
 ]
 
@@ -616,10 +617,14 @@ class _TranscodedBlock(Block):
 
     It holds the original block's parameters and norms (shared, not copied), so
     attention and every reader are unchanged; plain and masked runs and every
-    method call ``mlp`` and get the transcoder.
+    method call ``mlp`` and get the transcoder. With ``per_feature`` (a feature
+    graph's layer, :func:`feature_model`) ``mlp_sublayer`` returns the layer's
+    writers apart, ``[T + 1, B, S, D]``: each feature's ``f_i W_dec[i]``, then
+    ``m{l}.err``, the rest of the output (see :meth:`feature_outputs`); ``mlp``
+    still returns their sum.
     """
 
-    def __init__(self, block: Block, transcoder: Transcoder, keep_error: bool):
+    def __init__(self, block: Block, transcoder: Transcoder, keep_error: bool, per_feature: bool = False):
         nn.Module.__init__(self)
         for name, value in vars(block).items():  # cfg, and the weights it lacks (None: W_gate, biases)
             if not name.startswith("_"):
@@ -630,6 +635,7 @@ class _TranscodedBlock(Block):
             self.add_module(name, m)
         self.transcoder = transcoder
         self.keep_error = keep_error
+        self.per_feature = per_feature
         object.__setattr__(self, "transcoder_base", block)  # the original block, not registered (no duplicate)
 
     def mlp(self, x):  # x normed, [B, S, D] -> [B, S, D]
@@ -639,16 +645,39 @@ class _TranscodedBlock(Block):
             out = out + err
         return out
 
+    def mlp_sublayer(self, x):  # [B, S, D] -> [B, S, D]; per feature: the layer's writers [T + 1, B, S, D]
+        if not self.per_feature:
+            return super().mlp_sublayer(x)
+        return self.feature_outputs(self.ln2(x))
 
-def replace_mlps(model: Transformer, transcoders: dict[int, Transcoder], *, keep_error: bool = False
-                 ) -> Transformer:
+    def feature_outputs(self, x):  # x normed, [B, S, D] -> [T + 1, B, S, D]
+        """Each feature's output ``f_i W_dec[i]`` (``[T, B, S, D]``), then ``m{l}.err``: everything else the
+        layer writes, ``b_dec`` plus (with ``keep_error``) the error term ``mlp(x) - transcoder(x)``.
+
+        ``m{l}.err`` owns ``b_dec`` so that a feature writes nothing where it does not fire (a silent feature's
+        edges can never matter, under any ablation) and the writers still sum to the layer's output exactly,
+        as our conventions ask of every writer. With ``keep_error`` it is computed as ``mlp(x) - f W_dec``
+        from the same input (``f W_dec + b_dec + error``, up to rounding), without as ``b_dec`` alone.
+        """
+        tc = self.transcoder
+        f = tc.encode(x)  # [B, S, T]
+        features = f.movedim(-1, 0).unsqueeze(-1) * tc.W_dec[:, None, None, :]  # [T, B, S, D]
+        rest = super().mlp(x) - f @ tc.W_dec if self.keep_error else tc.b_dec.expand_as(x)  # [B, S, D]
+        return torch.cat([features, rest.unsqueeze(0)])
+
+
+def replace_mlps(model: Transformer, transcoders: dict[int, Transcoder], *, keep_error: bool = False,
+                 features: bool = False) -> Transformer:
     """``model`` with the MLP of each layer in ``transcoders`` computed by its transcoder.
 
     A new :class:`Transformer` sharing ``model``'s parameters (as
     :meth:`Transformer.with_conventions` does) and the transcoders given; ``model``
     itself is unchanged. With ``keep_error`` each replaced MLP also adds its error
     term (true output minus the transcoder's, from the same input), so the result
-    equals ``model`` up to float rounding.
+    equals ``model`` up to float rounding. With ``features`` the replaced layers'
+    features and error terms are writers of the graph (:func:`feature_model`).
+    The result's graph follows its blocks: a layer has features exactly when its
+    block writes them.
     """
     if isinstance(transcoders, Transcoder):
         transcoders = {transcoders.layer: transcoders}
@@ -661,12 +690,29 @@ def replace_mlps(model: Transformer, transcoders: dict[int, Transcoder], *, keep
             raise ValueError(f"transcoders[{layer}] is the transcoder of layer {tc.layer}, not {layer}")
         _check_width(tc, model, f"transcoders[{layer}]")
         base = blocks[layer].transcoder_base if isinstance(blocks[layer], _TranscodedBlock) else blocks[layer]
-        blocks[layer] = _TranscodedBlock(base, tc.to(model.W_E.dtype), keep_error)
+        blocks[layer] = _TranscodedBlock(base, tc.to(model.W_E.dtype), keep_error, per_feature=features)
     other = copy.copy(model)
     other._modules = dict(model._modules)  # a new module dict: assigning blocks must not touch model's
     other._parameters = dict(model._parameters)
     other.blocks = nn.ModuleList(blocks)
+    counts = tuple(b.transcoder.cfg.d_transcoder if isinstance(b, _TranscodedBlock) and b.per_feature else 0
+                   for b in blocks)
+    other.graph = dataclasses.replace(model.graph, features=counts)  # all 0: the ordinary graph
     return other
+
+
+def feature_model(model: Transformer, transcoders: dict[int, Transcoder], *, keep_error: bool = True
+                  ) -> Transformer:
+    """``model`` on its feature graph: every feature of each transcoder a writer ``m{l}.f{i}``, and the rest of
+    that layer's MLP output a writer ``m{l}.err`` (docs/transcoders.md, "The feature graph").
+
+    Built by :func:`replace_mlps` (the same sharing, ``model`` unchanged); its ``graph`` is the feature graph
+    (``Graph.features``: each transcoder's width in its layer, 0 elsewhere), and plain, masked and
+    ``run_with_cache`` runs name and write the new writers. With ``keep_error`` (default) ``m{l}.err`` holds
+    ``b_dec`` and the error term, and the model equals ``model`` to float rounding; without, ``b_dec``
+    alone, and the model is the replacement model of ``replace_mlps(model, transcoders)``.
+    """
+    return replace_mlps(model, transcoders, keep_error=keep_error, features=True)
 
 
 @dataclasses.dataclass(frozen=True)
