@@ -139,6 +139,10 @@ def _time(fn, steps: int, device) -> list[float]:
 
 def _one_measurement(kind: str, shape: str, batch: int, length: int, steps: int, threads: int, device: str) -> dict:
     """Runs in a child process: median step time and peak memory for one configuration."""
+    if os.environ.get("BENCH_MALLOC", "keep") == "keep":  # before any tensor: for both steps measured here
+        from prune.allocator import keep_freed_memory
+
+        keep_freed_memory()
     import torch
     import torch.nn.functional as F
 
@@ -196,10 +200,11 @@ def _one_measurement(kind: str, shape: str, batch: int, length: int, steps: int,
             "peak_gib": round(peak, 2), "plain_same_process_s": plain_median, "ratio": median / plain_median}
 
 
-def measure(kind: str, shape: str, batch: int, length: int, steps: int, threads: int, device: str) -> dict:
+def measure(kind: str, shape: str, batch: int, length: int, steps: int, threads: int, device: str,
+            malloc: str = "keep") -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "_measure", kind, shape, str(batch), str(length), str(steps), str(threads), device],
-        check=False, capture_output=True, text=True, cwd=ROOT,
+        check=False, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "BENCH_MALLOC": malloc},
     )
     if out.returncode != 0:
         return {"kind": kind, "model": shape, "batch": batch, "length": length,
@@ -207,13 +212,14 @@ def measure(kind: str, shape: str, batch: int, length: int, steps: int, threads:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_step(steps: int, models: list[str], shapes: list[tuple[int, int]], threads: int, device: str) -> dict:
+def bench_step(steps: int, models: list[str], shapes: list[tuple[int, int]], threads: int, device: str,
+               malloc: str = "keep") -> dict:
     results = {}
     nan = float("nan")
     for shape in models:
         for batch, length in shapes:
-            plain = measure("plain", shape, batch, length, steps, threads, device)
-            ep = measure("edge_pruning", shape, batch, length, steps, threads, device)
+            plain = measure("plain", shape, batch, length, steps, threads, device, malloc)
+            ep = measure("edge_pruning", shape, batch, length, steps, threads, device, malloc)
             results[f"{shape} {batch}x{length}"] = {"plain": plain, "edge_pruning": ep, "ratio": ep.get("ratio")}
             ratio = ep.get("ratio")
             print(f"{shape}, batch {batch}, length {length}: Edge Pruning step {ep.get('median_s', nan):.3f} s "
@@ -268,6 +274,9 @@ def main(argv=None):
                         help=f"torch CPU threads, 1 to {MAX_THREADS}")
     parser.add_argument("--device", default="cpu",
                         help="step: cpu or cuda (peak memory: RSS on cpu, allocated on cuda)")
+    parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
+                        help="step: keep: glibc keeps freed memory for reuse (prune.allocator, as prune run does); "
+                             "default: glibc's default malloc")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     models = args.model.split(",")
@@ -286,7 +295,8 @@ def main(argv=None):
         programs = args.programs.split(",") if args.programs else None
         report["library"] = bench_library(args.seeds, args.ablation, args.threads, programs, args.config)
     if args.part in ("step", "all"):
-        report["step"] = bench_step(args.steps, models, args.shapes, args.threads, args.device)
+        report["step"] = bench_step(args.steps, models, args.shapes, args.threads, args.device, args.malloc)
+        report["machine"]["malloc"] = args.malloc
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0

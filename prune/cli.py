@@ -65,6 +65,7 @@ import torch
 
 from prune import sharding
 from prune._cli import ArgumentParser, nonempty, parse_fractions, parse_int, positive_int, random_seed, run_command
+from prune.allocator import keep_freed_memory
 from prune.files import atomic_write_json, check_writable_folder, read_json
 from prune.graph import CONVENTIONS
 
@@ -440,6 +441,7 @@ def _run(args, targets, configs, run_dirs, states, record, rank: int = 0) -> int
     from prune.edge_pruning import CheckpointError, EdgePruner
     from prune.tasks import make_task
 
+    keep_freed_memory()  # before the model loads: every step reuses the last one's pages (prune.allocator)
     lead = rank == 0
     if lead:
         for f in remove_stale_temp_files(args.out):
