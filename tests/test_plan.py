@@ -6,6 +6,8 @@ Its accuracy against measured peaks is a benchmark (bench/plan.py, bench/results
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -107,3 +109,23 @@ def test_prune_plan_prints_the_items_and_whether_it_fits(capsys, tmp_path):
 def test_prune_plan_refusals(capsys, argv, message):
     code, out, err = _plan(capsys, *argv)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("malloc", ["default", "keep"])
+def test_keep_freed_memory_keeps_a_freed_block_for_reuse(malloc):
+    """glibc returns a freed 512 MB block to the kernel at once (a fresh mmap per allocation); after
+    prune.allocator.keep_freed_memory() it keeps it in the heap, so the next one reuses its pages."""
+    code = ("import sys, torch\n"
+            "from prune.allocator import keep_freed_memory\n"
+            "from prune.plan import process_resident_bytes as rss\n"
+            "kept = keep_freed_memory() if sys.argv[1] == 'keep' else None\n"
+            "t = torch.ones(2**27)\n"  # 512 MB, touched
+            "before = rss()\n"
+            "del t\n"
+            "print(kept, (before - rss()) / 2**20)\n")
+    out = subprocess.run([sys.executable, "-c", code, malloc], capture_output=True, text=True, check=True)
+    kept, freed_mib = out.stdout.split()
+    if malloc == "keep":
+        assert kept == "True" and float(freed_mib) < 16  # still resident: nothing went back
+    else:
+        assert float(freed_mib) > 500  # all of it went back at once
