@@ -12,20 +12,32 @@ structural edges, then :func:`groundtruth.circuits.verify`), under each ablation
 
 Nothing is stored: the feature ground truth is derived on demand (a few seconds
 for a small program) and no existing ground truth changes.
+
+A circuit found on a *trained* transcoder's feature graph is scored against it
+through the features' matching (:func:`prune.transcoder.match_features`, one
+:class:`~prune.transcoder.FeatureMatch` per layer): :func:`score_feature_circuit`
+renames each ground-truth edge out of true feature ``m{l}.f{i}`` to the trained
+feature that recovers it, ``m{l}.f{recovered_by[i]}`` (the other writers and every
+reader keep their names), and compares.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 
 from groundtruth.circuits import Verification, functional_edges, verify
 from prune.ablation import ABLATIONS, check_ablation
+from prune.circuit import Circuit
 from prune.data import Examples
+from prune.graph import Graph
 from prune.model import Transformer
-from prune.transcoder import Transcoder, feature_model
+from prune.transcoder import FeatureMatch, Transcoder, feature_model
 
-__all__ = ["FeatureTruth", "feature_truth", "ideal_transcoders"]
+__all__ = ["FeatureTruth", "feature_truth", "ideal_transcoders", "FeatureCircuitScore", "score_feature_circuit"]
+
+_FEATURE = re.compile(r"^m(\d+)\.f(\d+)$")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: a model has no truth value
@@ -78,3 +90,78 @@ def feature_truth(artifact, *, ablations=ABLATIONS, keep_error: bool = True) -> 
         circuits[ablation], verifications[ablation] = edges, v
     return FeatureTruth(name=artifact.name, model=model, examples=examples, circuits=circuits,
                         verifications=verifications, seconds=time.perf_counter() - start)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureCircuitScore:
+    """A circuit on a trained transcoder's feature graph against the feature-level ground truth.
+
+    ``recall`` is over the ground truth's edges: the share whose image (the edge renamed through the
+    matching) the circuit has; an edge out of a true feature that no trained feature recovers has no
+    image and is never recalled (``unmatched``). ``precision`` is the share of the circuit's edges that
+    are the image of some ground-truth edge. ``exact``: every ground-truth edge has an image, no two
+    share one (no trained feature stands for two true ones in the same edge), and the circuit is
+    exactly the images.
+    """
+
+    precision: float
+    recall: float
+    exact: bool
+    n_found: int
+    n_truth: int
+    image: tuple[str, ...]  # the ground truth in the trained graph's names (edges with an image), graph order
+    unmatched: tuple[str, ...]  # ground-truth edges out of a true feature that no trained one recovers
+    only_found: tuple[str, ...]  # the circuit's edges that are no ground-truth edge's image
+    missed: tuple[str, ...]  # ground-truth edges whose image the circuit lacks (unmatched ones included)
+
+
+def _renamed(edge: str, matches: dict[int, FeatureMatch], truth_graph: Graph) -> str | None:
+    """``edge`` of the true feature graph in the trained one's names; None when its feature is unmatched."""
+    writer, reader = edge.split("->")
+    m = _FEATURE.match(writer)
+    if m is None:
+        return edge  # input, a head, a plain MLP or an error term: the same writer in both graphs
+    layer, feature = int(m.group(1)), int(m.group(2))
+    if layer not in matches:
+        raise ValueError(f"the ground truth has edges out of layer {layer}'s features ({edge!r}) but no "
+                         f"FeatureMatch was given for layer {layer}; match every transcoded layer "
+                         f"{[l for l in range(truth_graph.n_layers) if truth_graph.n_features(l)]}")
+    j = matches[layer].recovered_by[feature]
+    return None if j < 0 else f"m{layer}.f{j}->{reader}"
+
+
+def score_feature_circuit(circuit: Circuit, truth: FeatureTruth, ablation: str,
+                          matches: dict[int, FeatureMatch]) -> FeatureCircuitScore:
+    """Score ``circuit`` (found on a trained transcoder's feature graph) against ``truth``'s circuit under
+    ``ablation``, through ``matches`` (per transcoded layer, the trained features matched to the true ones:
+    ``match_features(trained[l], ideal[l], x)``)."""
+    truth_graph = truth.model.graph
+    g = circuit.graph
+    if (g.n_layers, g.n_heads, g.conventions) != (truth_graph.n_layers, truth_graph.n_heads, truth_graph.conventions):
+        raise ValueError(f"the circuit's graph ({g.n_layers} layers, {g.n_heads} heads, {g.conventions!r}) is not "
+                         f"of the ground truth's model ({truth_graph.n_layers}, {truth_graph.n_heads}, "
+                         f"{truth_graph.conventions!r})")
+    for layer, m in matches.items():
+        if m.n_true != truth_graph.n_features(layer) or m.n_trained != g.n_features(layer):
+            raise ValueError(f"matches[{layer}] pairs {m.n_trained} trained with {m.n_true} true features, but the "
+                             f"circuit's graph has {g.n_features(layer)} and the ground truth's "
+                             f"{truth_graph.n_features(layer)} at layer {layer}")
+    images = {e: _renamed(e, matches, truth_graph) for e in truth.functional(ablation)}
+    found = set(circuit.edges)
+    image_set = {i for i in images.values() if i is not None}
+    unknown = sorted(image_set - set(g.edge_names))
+    if unknown:
+        raise ValueError(f"ground-truth edges renamed through the matching are not edges of the circuit's graph: "
+                         f"{unknown[:3]}")
+    order = {n: k for k, n in enumerate(g.edge_names)}
+    recalled = [e for e, i in images.items() if i is not None and i in found]
+    unmatched = tuple(e for e, i in images.items() if i is None)
+    injective = len(image_set) == len(images) - len(unmatched)
+    return FeatureCircuitScore(
+        precision=len(found & image_set) / len(found) if found else (1.0 if not images else 0.0),
+        recall=len(recalled) / len(images) if images else 1.0,
+        exact=not unmatched and injective and found == image_set,
+        n_found=len(found), n_truth=len(images),
+        image=tuple(sorted(image_set, key=order.get)), unmatched=unmatched,
+        only_found=tuple(sorted(found - image_set, key=order.get)),
+        missed=tuple(e for e, i in images.items() if i is None or i not in found))

@@ -4,6 +4,7 @@ every method on it, and the feature-level ground truth (groundtruth.feature_trut
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 
@@ -326,3 +327,116 @@ def test_feature_ground_truth_verifies_and_merges_into_the_edge_level_one(name):
 def test_feature_ground_truth_refuses_an_unknown_ablation():
     with pytest.raises(ValueError, match="unknown ablation 'average'"):
         feature_truth(artifact("count"), ablations=("average",))
+
+
+# ------------------------------------------------------------------ scoring through a matching
+def _shuffled(ideal: dict[int, Transcoder], seed: int) -> tuple[dict[int, Transcoder], dict[int, list[int]]]:
+    """Each ideal transcoder with its features permuted and each rescaled by a factor in [0.5, 1.5): the
+    same features (a ReLU feature is defined up to a positive scale) under other indices, as training
+    could find them. Returns the transcoders and, per layer, where each true feature went."""
+    g = torch.Generator().manual_seed(seed)
+    out, where = {}, {}
+    for layer, tc in ideal.items():
+        T = tc.cfg.d_transcoder
+        perm = torch.randperm(T, generator=g)  # trained feature j is true feature perm[j]
+        scale = torch.rand(T, generator=g, dtype=tc.W_enc.dtype) + 0.5
+        t = copy.deepcopy(tc)
+        with torch.no_grad():
+            t.W_enc.copy_(tc.W_enc[:, perm] * scale)
+            t.b_enc.copy_(tc.b_enc[perm] * scale)
+            t.W_dec.copy_(tc.W_dec[perm] / scale[:, None])
+        out[layer] = t
+        where[layer] = torch.argsort(perm).tolist()  # true feature i is trained feature where[i]
+    return out, where
+
+
+@pytest.fixture(scope="module")
+def shuffled_sort():
+    from groundtruth.feature_truth import feature_truth
+    from prune.transcoder import match_features, mlp_activations
+
+    art = artifact("sort")
+    truth = feature_truth(art, ablations=("zero",))
+    ideal = ideal_transcoders(art.model)
+    trained, where = _shuffled(ideal, seed=0)
+    matches = {}
+    for layer in ideal:
+        x, _ = mlp_activations(art.model, layer, art.examples.clean, art.examples.valid)
+        matches[layer] = match_features(trained[layer], ideal[layer], x)
+    return art, truth, trained, where, matches
+
+
+def _renamed_truth(truth, where, graph) -> Circuit:
+    def rename(edge):
+        m = re.match(r"^m(\d+)\.f(\d+)->(.*)$", edge)
+        return edge if m is None else f"m{m.group(1)}.f{where[int(m.group(1))][int(m.group(2))]}->{m.group(3)}"
+
+    edges = {rename(e) for e in truth.functional("zero")}
+    return Circuit(graph=graph, edges=tuple(e for e in graph.edge_names if e in edges), ablation="zero",
+                   model="sort", d_model=truth.model.cfg.d_model, method="renamed truth")
+
+
+def test_a_circuit_through_a_matching_is_scored_against_the_feature_ground_truth(shuffled_sort):
+    from groundtruth.feature_truth import score_feature_circuit
+
+    art, truth, trained, where, matches = shuffled_sort
+    graph = feature_model(art.model, trained).graph
+    n = len(truth.functional("zero"))
+    # The matching finds every true feature of the ground truth under its new index.
+    assert all(m.recovered_by[i] == where[l][i] for l, m in matches.items() for i in m.recovered)
+    exact = _renamed_truth(truth, where, graph)
+    score = score_feature_circuit(exact, truth, "zero", matches)
+    assert (score.precision, score.recall, score.exact, score.n_truth, score.unmatched) == (1.0, 1.0, True, n, ())
+    assert score.image == exact.edges
+    # One edge missing, one extra: each is counted where it belongs.
+    dropped = exact.edges[0]
+    extra = next(e for e in graph.edge_names if e not in exact.edges)
+    other = dataclasses.replace(exact, edges=tuple(e for e in graph.edge_names if e in (set(exact.edges) - {dropped}) | {extra}))
+    score = score_feature_circuit(other, truth, "zero", matches)
+    assert not score.exact and score.recall == (n - 1) / n and score.precision == (n - 1) / n
+    assert score.only_found == (extra,) and len(score.missed) == 1
+
+
+def test_a_true_feature_no_trained_one_recovers_cannot_be_recalled(shuffled_sort):
+    from groundtruth.feature_truth import score_feature_circuit
+    from prune.transcoder import match_features, mlp_activations
+
+    art, truth, trained, where, matches = shuffled_sort
+    i = next(int(e.split("->")[0][len("m0.f"):]) for e in truth.functional("zero") if e.startswith("m0.f"))
+    broken = copy.deepcopy(trained[0])
+    with torch.no_grad():  # the trained feature standing for true feature i never fires
+        broken.b_enc[where[0][i]] = -1e6
+        broken.W_enc[:, where[0][i]] = 0
+    x, _ = mlp_activations(art.model, 0, art.examples.clean, art.examples.valid)
+    matches = {**matches, 0: match_features(broken, ideal_transcoders(art.model)[0], x)}
+    assert matches[0].recovered_by[i] == -1
+    circuit = _renamed_truth(truth, where, feature_model(art.model, {**trained, 0: broken}).graph)
+    score = score_feature_circuit(circuit, truth, "zero", matches)
+    lost = [e for e in truth.functional("zero") if e.startswith(f"m0.f{i}->")]
+    assert lost and score.unmatched == tuple(lost) and not score.exact
+    assert score.recall == (score.n_truth - len(lost)) / score.n_truth
+    assert score.precision < 1  # the circuit still has the edges of the feature no one matched
+
+
+def test_edge_pruning_on_a_trained_graph_is_scored_like_any_circuit(shuffled_sort):
+    from groundtruth.feature_truth import score_feature_circuit
+
+    art, truth, trained, where, matches = shuffled_sort
+    fm = feature_model(art.model, trained)
+    found = edge_pruning(fm, art.examples, ablation="zero", seed=0)
+    score = score_feature_circuit(found, truth, "zero", matches)
+    compared = found.compare(score.image)  # every true feature is matched here, so the image is the truth
+    assert (score.precision, score.recall) == (compared.precision, compared.recall)
+    assert verify(fm, art.examples, list(found.edges), "zero").sufficient
+
+
+def test_scoring_refuses_a_matching_that_does_not_fit(shuffled_sort):
+    from groundtruth.feature_truth import score_feature_circuit
+
+    art, truth, trained, where, matches = shuffled_sort
+    circuit = _renamed_truth(truth, where, feature_model(art.model, trained).graph)
+    with pytest.raises(ValueError, match="no FeatureMatch was given for layer 0"):
+        score_feature_circuit(circuit, truth, "zero", {l: m for l, m in matches.items() if l != 0})
+    plain = Circuit(graph=art.model.graph, edges=(), ablation="zero", model="sort", d_model=art.model.cfg.d_model)
+    with pytest.raises(ValueError, match="the circuit's graph has 0 and the ground truth's 15 at layer 0"):
+        score_feature_circuit(plain, truth, "zero", matches)
