@@ -62,46 +62,50 @@ class _RMSNorm(torch.autograd.Function):
 class _ProjectReaders(torch.autograd.Function):
     """The query, key and value projections of one layer's readers, from their normed inputs in one tensor.
 
-    ``x`` ``[3n, B, S, D]``: the n query readers' inputs, then the key and the value readers' (one per
-    query head run); ``W_q``, ``W_k``, ``W_v`` ``[n, D, E]``, each head's weights. Returns ``q``, ``k``,
-    ``v``, each ``[B, n, S, E]``. Projected separately (each a slice of ``x``), autograd would give each
-    input gradient transposed (``[n, D, B*S]``, the layout of the fast forward below) and then copy the
-    three into one ``[3n, B, S, D]`` gradient with a strided cat, a large part of a step at batch 32 x 64.
-    Here the backward computes each gradient in ``x``'s own layout, straight into its rows of one buffer.
+    ``x`` ``[nq + nk + nv, B, S, D]``: the query readers' inputs, then the key and the value readers'
+    (one per query head run, or one per key-value group when their masks are tied); ``W_q``, ``W_k``,
+    ``W_v`` ``[n, D, E]``, each reader's head weights (``nq``, ``nk``, ``nv`` of them). Returns ``q``,
+    ``k``, ``v``, each ``[B, n, S, E]``. Projected separately (each a slice of ``x``), autograd would give
+    each input gradient transposed (``[n, D, B*S]``, the layout of the fast forward below) and then copy
+    them into one gradient of ``x`` with a strided cat, a large part of a step at batch 32 x 64. Here the
+    backward computes each gradient in ``x``'s own layout, straight into its rows of one buffer.
     """
 
     @staticmethod
     def forward(ctx, x, W_q, W_k, W_v):
-        three_n, B, S, D = x.shape
-        n = three_n // 3
-        parts = x.reshape(3, n, B * S, D)
+        _, B, S, D = x.shape
+        sizes = [W.shape[0] for W in (W_q, W_k, W_v)]
+        parts = x.reshape(-1, B * S, D).split(sizes)
         out = []
-        for i, W in enumerate((W_q, W_k, W_v)):
+        for part, W in zip(parts, (W_q, W_k, W_v), strict=True):
             # W^T x^T: the long side (B*S) as the matmul's columns, not d_head (4x faster for Tracr's
             # d_head of 7; the same for 64)
-            y = torch.matmul(W.transpose(1, 2), parts[i].transpose(1, 2))  # [n, E, B*S]
-            out.append(y.view(n, -1, B, S).permute(2, 0, 3, 1))  # [B, n, S, E]
+            y = torch.matmul(W.transpose(1, 2), part.transpose(1, 2))  # [n, E, B*S]
+            out.append(y.view(W.shape[0], -1, B, S).permute(2, 0, 3, 1))  # [B, n, S, E]
         ctx.save_for_backward(x if any(ctx.needs_input_grad[1:]) else None, W_q, W_k, W_v)
         return tuple(out)
 
     @staticmethod
     def backward(ctx, *grads):
         x, *Ws = ctx.saved_tensors
-        n, D, E = Ws[0].shape
+        sizes = [W.shape[0] for W in Ws]
+        _, D, E = Ws[0].shape
         B, _, S, _ = next(g for g in grads if g is not None).shape
-        dx = Ws[0].new_empty(3, n, B * S, D) if ctx.needs_input_grad[0] else None
+        dx = Ws[0].new_empty(sum(sizes), B * S, D) if ctx.needs_input_grad[0] else None
+        dx_parts = dx.split(sizes) if dx is not None else [None] * 3
+        x_parts = x.reshape(-1, B * S, D).split(sizes) if x is not None else [None] * 3
         dW = [None, None, None]
         for i, (g, W) in enumerate(zip(grads, Ws, strict=True)):
             if g is None:
                 if dx is not None:
-                    dx[i].zero_()
+                    dx_parts[i].zero_()
                 continue
-            gy = g.permute(1, 0, 2, 3).reshape(n, B * S, E)  # [n, B*S, E]
+            gy = g.permute(1, 0, 2, 3).reshape(W.shape[0], B * S, E)  # [n, B*S, E]
             if dx is not None:
-                torch.bmm(gy, W.transpose(1, 2), out=dx[i])  # [n, B*S, D]
+                torch.bmm(gy, W.transpose(1, 2), out=dx_parts[i])  # [n, B*S, D]
             if ctx.needs_input_grad[1 + i]:
-                dW[i] = x.reshape(3, n, B * S, D)[i].transpose(1, 2) @ gy  # [n, D, E]
-        return (None if dx is None else dx.view(3 * n, B, S, D), *dW)
+                dW[i] = x_parts[i].transpose(1, 2) @ gy  # [n, D, E]
+        return (None if dx is None else dx.view(-1, B, S, D), *dW)
 
 
 class _Grads:

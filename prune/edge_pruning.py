@@ -147,6 +147,7 @@ class EdgePruningConfig:
     samples: int = 2  # gate samples per example (>1: the score-function baseline is per example)
     decay: float = 0.25  # decoupled pull: every step log_alpha -= lr_t * decay (outside Adam)
     finalize: str = "exact"  # "exact": the shared exact finalizer on the training set; "own": log_alpha > 0
+    tie_kv: bool = False  # grouped-query attention: one gate per writer and key-value group for key and value edges
 
     def __post_init__(self):
         for name in ("target_sparsity", "node_target_sparsity", "warmup"):
@@ -211,6 +212,23 @@ class _Lagrangian(torch.nn.Module):
     def forward(self, sparsity, target):
         gap = sparsity - target
         return self.l1 * gap + self.l2 * gap * gap
+
+
+def _kv_ties(model: Transformer) -> torch.Tensor:
+    """``[n_edges]``: for each edge, the edge whose gate it takes under ``tie_kv``: an edge into the key
+    or value reader of a query head takes the one from the same writer into its group's first head's;
+    every other edge its own."""
+    g, H, G = model.graph, model.cfg.n_heads, model.cfg.kv_heads
+    if G == H:
+        raise ValueError(f"tie_kv is for grouped-query attention; this model has {H} query and {G} key-value heads")
+    group = H // G
+    first = torch.arange(g.n_readers)  # [R]: the reader whose gate each reader's edges take
+    for l in range(g.n_layers):
+        for port in "kv":
+            for h in range(H):
+                first[g.head_reader(l, h, port)] = g.head_reader(l, h - h % group, port)
+    index = {edge: i for i, edge in enumerate(g.edges)}
+    return torch.tensor([index[(w, int(first[r]))] for w, r in g.edges])
 
 
 class CheckpointError(ValueError):
@@ -278,6 +296,7 @@ class EdgePruner:
 
         self.log_alpha = torch.nn.Parameter(torch.full((g.n_edges,), float(cfg.init_log_alpha), device=device))
         self.params = [self.log_alpha]
+        self.tie = _kv_ties(model).to(device) if cfg.tie_kv else None  # [n_edges]: the edge whose gate each uses
         self.node_log_alpha = None
         if cfg.node_masks:
             self.node_log_alpha = torch.nn.Parameter(
@@ -310,6 +329,14 @@ class EdgePruner:
                                      f"start every rank with the same model, data, seed and configuration")
 
     # ------------------------------------------------------------------ training
+    def edge_log_alpha(self) -> torch.Tensor:
+        """``[n_edges]``: every edge's log-alpha (with ``tie_kv``, its group's key or value gate's)."""
+        return self.log_alpha if self.tie is None else self.log_alpha[self.tie]
+
+    @functools.cached_property
+    def _free(self) -> torch.Tensor:  # [n_edges] bool, with tie_kv: the log-alphas that gate some edge
+        return self.tie == torch.arange(len(self.tie), device=self.tie.device)
+
     @property
     def done(self) -> bool:
         return self.step_index >= self.cfg.steps
@@ -340,6 +367,9 @@ class EdgePruner:
         target = cfg.target_sparsity * ramp
         shape = () if cfg.shared_gates else (len(idx),)
         z = hard_concrete.sample(self.log_alpha.expand(*shape, -1), gen).to(dtype)
+        gates = z  # one per free log-alpha (every edge's own, or with tie_kv its group's)
+        if self.tie is not None:
+            z = z[..., self.tie]
         nodes = None
         if self.node_log_alpha is not None:
             nodes = hard_concrete.sample(self.node_log_alpha.expand(*shape, -1), gen).to(dtype)
@@ -360,7 +390,7 @@ class EdgePruner:
         part = None if ablated is None else (ablated if ablated.shape[1] == 1 or whole else ablated[:, idx])
         batch = ex if whole else ex.subset(idx)
         logits = model(batch.clean, attention_mask=batch.valid, edge_mask=z, node_mask=nodes, ablated=part,
-                       positions=batch.answer)  # [K, out]: answer positions only
+                       positions=batch.answer, tied_kv=self.tie is not None)  # [K, out]: answer positions only
         rows = batch.answer.nonzero(as_tuple=True)[0]
         reference = self.reference[(self.answer_row if whole else self.answer_row[idx])[batch.answer]]
         per_example = answer_loss(logits, reference, rows, batch.answer, ex.kind, cfg.logit_scale)
@@ -388,9 +418,12 @@ class EdgePruner:
             else:
                 total = f.sum() if self.ranks == 1 else sharding.all_reduce_sum(f.sum() * weight)
                 advantage = f - (total - f) / (count - 1)
-            logp = hard_concrete.log_prob_ends(self.log_alpha, z.detach()).sum(-1)  # [B]
+            la, gz = self.log_alpha, gates.detach()
+            if self.tie is not None:  # the free gates only: a tied one counts once
+                la, gz = la[self._free], gz[..., self._free]
+            logp = hard_concrete.log_prob_ends(la, gz).sum(-1)  # [B]
             surrogate = surrogate + batch_mean(advantage * logp)
-        sparsity = 1 - hard_concrete.prob_nonzero(self.log_alpha).mean()
+        sparsity = 1 - hard_concrete.prob_nonzero(self.edge_log_alpha()).mean()  # over every edge of the graph
         scale = float(model.graph.n_edges) if cfg.sparsity_in_edges else 1.0
         scale /= self.ranks  # sharded: every rank adds its share, and the gradients are summed
         loss = surrogate + scale * self.lagrangian(sparsity, target)
@@ -525,7 +558,7 @@ class EdgePruner:
     def threshold_mask(self) -> torch.Tensor:
         """``[n_edges]`` bool: edges whose noiseless gate is above 1/2 (``log_alpha > 0``)."""
         with torch.no_grad():
-            keep = self.log_alpha > 0
+            keep = self.edge_log_alpha() > 0
             if self.node_log_alpha is not None:  # a closed writer closes its edges
                 g = self.model.graph
                 keep &= (self.node_log_alpha > 0)[g.edge_index_tensor[0].to(keep.device)]
@@ -540,12 +573,12 @@ class EdgePruner:
                     "history": self.history}
         circuit = Circuit.from_mask(
             g, self.threshold_mask().float(), ablation=self.ablation, model=self.model_name,
-            d_model=self.model.cfg.d_model, scores=tuple(self.log_alpha.detach().cpu().tolist()),
+            d_model=self.model.cfg.d_model, scores=tuple(self.edge_log_alpha().detach().cpu().tolist()),
             method="edge_pruning", metadata=metadata,
         ).without_dead_ends()
         if self.cfg.finalize == "exact":
             evaluator = Evaluator(self.model, self.examples, self.ablation)
-            circuit = finalize(circuit, evaluator, self.log_alpha.detach().cpu())
+            circuit = finalize(circuit, evaluator, self.edge_log_alpha().detach().cpu())
         circuit.metadata["seconds"] = round(self.seconds + time.perf_counter() - start, 3)
         return circuit
 

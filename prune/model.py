@@ -175,14 +175,15 @@ class Block(nn.Module):
         self.b_in = nn.Parameter(torch.zeros(Fh)) if cfg.mlp_bias else None
         self.b_out = nn.Parameter(torch.zeros(D)) if cfg.mlp_bias else None
 
-    def attention(self, xq, xk, xv, attention_mask, rotary, heads=None, bias_share=True):
+    def attention(self, xq, xk, xv, attention_mask, rotary, heads=None, bias_share=True, tied_kv=False):
         """Per-head outputs ``[H, B, S, D]``, with each head's share ``b_O / H`` of the output bias
         unless ``bias_share`` is False (EAP-IG's conventions, where the model adds ``b_O`` itself).
 
         ``xq``/``xk``/``xv`` are normed inputs, either shared ``[B, S, D]`` (plain)
         or one per query head ``[H, B, S, D]`` (masked, ungrouped key/value); or, masked, all three
         in ``xq`` ``[3H, B, S, D]`` with ``xk`` and ``xv`` None (one input gradient, see
-        :class:`prune._masked_read._ProjectReaders`).
+        :class:`prune._masked_read._ProjectReaders`); with ``tied_kv`` (the key and value masks tied
+        within each group), ``xq`` is ``[H + 2G, B, S, D]``: one key and one value input per group.
         ``attention_mask``: ``[B, S]``, 0 at padding keys, or None. ``rotary``:
         ``(cos, sin)``, each ``[S, E]``, or None (learned positions).
         ``heads`` (masked only): the query heads to run, ``[h]`` indices, when
@@ -212,10 +213,15 @@ class Block(nn.Module):
             idx = (torch.arange(H, device=W.device) if heads is None else heads) // group
             return W[idx], None if b is None else b[idx]
 
-        if xk is None:  # masked: the readers' inputs in one tensor [3n, B, S, D], with one input gradient
-            (W_K, b_K), (W_V, b_V) = expand(self.W_K, self.b_K), expand(self.W_V, self.b_V)
+        if xk is None:  # masked: the readers' inputs in one tensor [3n or H + 2G, B, S, D], one input gradient
+            if tied_kv:  # one key and one value input per group: project G heads once, then repeat
+                (W_K, b_K), (W_V, b_V) = (self.W_K, self.b_K), (self.W_V, self.b_V)
+            else:
+                (W_K, b_K), (W_V, b_V) = expand(self.W_K, self.b_K), expand(self.W_V, self.b_V)
             qkv = _ProjectReaders.apply(xq, W_Q, W_K, W_V)
             q, k, v = (t if b is None else t + b[None, :, None, :] for t, b in zip(qkv, (b_Q, b_K, b_V), strict=True))
+            if tied_kv:
+                k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         else:
             q = project(xq, W_Q, b_Q, n)
             if xk.ndim == 3:  # shared input: project G heads once, then repeat
@@ -242,10 +248,11 @@ class Block(nn.Module):
             out = out + self.b_O / H
         return out
 
-    def attention_sublayer(self, x, attention_mask, rotary, heads=None, bias_share=True):
+    def attention_sublayer(self, x, attention_mask, rotary, heads=None, bias_share=True, tied_kv=False):
         """``ln1``, then :meth:`attention`, from the residual as the heads' readers take it: one stream
         ``[B, S, D]`` for every head (plain), or each reader's own ``[3n, B, S, D]`` (masked: the ``n``
-        query readers of the heads run, then their key and their value readers).
+        query readers of the heads run, then their key and their value readers; with ``tied_kv``,
+        ``[H + 2G, B, S, D]``: the key and the value reader of each group's first head stand for the group).
 
         The model calls a block only through its two sublayers, so that under FSDP
         (:mod:`prune.sharding`) each call gathers the block's weights and nothing outside a call needs them.
@@ -253,7 +260,8 @@ class Block(nn.Module):
         x = self.ln1(x)
         if x.ndim == 3:
             return self.attention(x, x, x, attention_mask, rotary, heads=heads, bias_share=bias_share)
-        return self.attention(x, None, None, attention_mask, rotary, heads=heads, bias_share=bias_share)
+        return self.attention(x, None, None, attention_mask, rotary, heads=heads, bias_share=bias_share,
+                              tied_kv=tied_kv)
 
     def mlp_sublayer(self, x):  # the residual as the MLP reads it, [B, S, D] -> [B, S, D]
         return self.mlp(self.ln2(x))
@@ -357,6 +365,7 @@ class Transformer(nn.Module):
         ablated: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         return_writers: bool = False,
+        tied_kv: bool = False,
     ):
         """Logits ``[B, S, out]``; with ``return_writers``, also the writers ``[W, B, S, D]`` (detached).
 
@@ -371,6 +380,12 @@ class Transformer(nn.Module):
         or one of those per example (``[B, n_edges]``, ``[B, W, R]``);
         ``node_mask`` is ``[W]`` or ``[B, W]``; and ``ablated`` holds the writers' stand-in
         outputs ``[W, B or 1, S, D]`` (None: zero ablation).
+
+        ``tied_kv`` (masked, grouped-query attention): the caller ties the key and value masks within
+        each key-value group (every query head of a group has the same key-edge and value-edge gates; it
+        is refused otherwise), so each group's key and value inputs are read and projected once, as the
+        plain model projects them. The mask's gradient then goes whole to each group's first head's key
+        and value columns (the others get 0): the gradient of the tied gate.
         """
         self._check_tokens(tokens)
         masked = edge_mask is not None or node_mask is not None
@@ -385,8 +400,11 @@ class Transformer(nn.Module):
         if cfg.positional == "rotary":
             rotary = self._rotary(S, tokens.device, self.W_E.dtype)
         if not masked:
+            if tied_kv:
+                raise ValueError("tied_kv ties key and value masks: it needs an edge_mask")
             return self._plain(tokens, attention_mask, rotary, positions, return_writers)
-        return self._masked(tokens, attention_mask, rotary, edge_mask, node_mask, ablated, positions, return_writers)
+        return self._masked(tokens, attention_mask, rotary, edge_mask, node_mask, ablated, positions, return_writers,
+                            tied_kv)
 
     def _plain(self, tokens, attention_mask, rotary, positions, return_writers):
         g = self.graph
@@ -474,28 +492,61 @@ class Transformer(nn.Module):
                 needed[r0 + k * H : r0 + (k + 1) * H] |= heads
         return live
 
-    def _masked(self, tokens, attention_mask, rotary, edge_mask, node_mask, ablated, positions, return_writers):
+    def tied_kv_readers(self) -> torch.Tensor:
+        """``[R']``: the readers a masked run with ``tied_kv`` reads, in its order: per layer the H query
+        readers, each group's first key reader, each group's first value reader, the MLP; then the logits."""
+        g, H, G = self.graph, self.cfg.n_heads, self.cfg.kv_heads
+        group, cols = H // G, []
+        for l in range(g.n_layers):
+            r0 = g.head_reader(l, 0, "q")
+            cols += [*range(r0, r0 + H), *range(r0 + H, r0 + 2 * H, group), *range(r0 + 2 * H, r0 + 3 * H, group),
+                     g.mlp_reader(l)]
+        return torch.tensor([*cols, g.logits_reader])
+
+    def _check_tied(self, z: torch.Tensor) -> None:
+        g, H, G = self.graph, self.cfg.n_heads, self.cfg.kv_heads
+        if G == H:
+            raise ValueError(f"tied_kv is for grouped-query attention; this model has {H} query and {G} key-value "
+                             f"heads")
+        with torch.no_grad():
+            for l in range(g.n_layers):
+                r0 = g.head_reader(l, 0, "q")
+                kv = z[..., r0 + H : r0 + 3 * H].unflatten(-1, (2 * G, H // G))  # [.., W, 2G, group]
+                if not torch.equal(kv, kv[..., :1].expand_as(kv)):
+                    raise ValueError(f"tied_kv: layer {l}'s key or value masks differ within a key-value group; "
+                                     f"tie them (one gate per writer and group), or run without tied_kv")
+
+    def _masked(self, tokens, attention_mask, rotary, edge_mask, node_mask, ablated, positions, return_writers,
+                tied_kv=False):
         g, cfg = self.graph, self.cfg
         B, S = tokens.shape
         H = cfg.n_heads
         z, node_mask, ablated = self._check_masks(edge_mask, node_mask, ablated, B, S)
+        if tied_kv:
+            self._check_tied(z)
         # Without gradients and with one mask for the batch (evaluating a circuit): read sparsely,
         # and skip the heads and MLPs whose output no reader takes (they write zeros instead).
         wants_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (z, node_mask, ablated, *self.parameters()))
         sparse = z.ndim == 2 and not wants_grad
         live = self._live_writers(z) if sparse and not return_writers else [True] * g.n_writers  # [W]
+        # Tied (dense reads only: a sparse read takes only the columns it needs anyway): read the tied
+        # readers' columns alone; readers_per_layer and the offsets below index them.
+        tied = tied_kv and not sparse
+        if tied:
+            z = z.index_select(-1, self.tied_kv_readers().to(z.device))  # [.., W, L (H + 2G + 1) + 1]
+        G = cfg.kv_heads if tied else H
         resid = _Residual(z, node_mask, ablated, self.W_E.new_empty(g.n_writers, B, S, cfg.d_model), sparse)
 
         resid.write(0, self._input_writer(tokens).unsqueeze(0))
         resid.add_fixed(self._fixed_input(S))
         share = not self._eap_ig
         for l, block in enumerate(self.blocks):
-            r0, w0 = g.head_reader(l, 0, "q"), g.head_writer(l, 0)  # readers: H queries, H keys, H values
+            r0, w0 = l * (H + 2 * G + 1), g.head_writer(l, 0)  # readers: H queries, G keys, G values (G = H untied)
             run = [h for h in range(H) if live[w0 + h]]
             if len(run) == H:
-                x = resid.read(slice(r0, r0 + 3 * H))  # [3H, B, S, D]; split, not sliced (backward: one cat)
-                heads = block.attention_sublayer(x, attention_mask, rotary, bias_share=share)
+                x = resid.read(slice(r0, r0 + H + 2 * G))  # [H + 2G, B, S, D]
+                heads = block.attention_sublayer(x, attention_mask, rotary, bias_share=share, tied_kv=tied)
             else:  # (sparse only) the live heads' query, key and value readers; the others write zeros
                 heads = self.W_E.new_zeros(H, B, S, cfg.d_model)
                 if run:
@@ -504,13 +555,13 @@ class Transformer(nn.Module):
                     heads[idx] = block.attention_sublayer(x, attention_mask, rotary, heads=idx, bias_share=share)
             resid.write(w0, heads)
             resid.add_fixed(self._fixed_attention(block))
-            rm, wm = g.mlp_reader(l), g.mlp_writers(l)  # one reader; one writer, or features and error term
+            rm, wm = r0 + H + 2 * G, g.mlp_writers(l)  # one reader; one writer, or features and error term
             if live[wm.start]:
                 out = block.mlp_sublayer(resid.read(slice(rm, rm + 1)).squeeze(0))
                 resid.write(wm.start, self._mlp_outputs(l, out))
             else:
                 resid.write(wm.start, self.W_E.new_zeros(len(wm), B, S, cfg.d_model))
-        rl = g.logits_reader
+        rl = g.n_layers * (H + 2 * G + 1)  # the logits reader
         x = resid.read(slice(rl, rl + 1)).squeeze(0)  # [B, S, D]
         logits = self.unembed(self.ln_f(x if positions is None else x[positions]))
         return (logits, resid.writers()) if return_writers else logits

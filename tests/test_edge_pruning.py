@@ -1,6 +1,8 @@
 """Edge Pruning's contract: circuits in EAP-IG JSON, determinism, and clear errors on bad input."""
 
+import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -187,3 +189,44 @@ def test_a_save_that_fails_leaves_the_last_checkpoint_and_no_partial_file(tmp_pa
         pruner.save(path)
     assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
     assert path.read_bytes() == before
+
+
+def test_tied_key_value_gates_are_one_per_group_and_export_ungrouped():
+    from conftest import random_model
+    from prune.edge_pruning import language_model_config
+    from prune.model import TransformerConfig
+
+    cfg = TransformerConfig(vocab_size=20, d_model=16, n_layers=2, n_heads=4, n_kv_heads=2, d_head=4, d_mlp=32,
+                            n_positions=16, norm="rmsnorm", positional="rotary", gated_mlp=True, activation="silu",
+                            attn_bias=False, attn_out_bias=False, mlp_bias=False)
+    model = random_model(cfg, 0).float()
+    g = torch.Generator().manual_seed(1)
+    answer = torch.zeros(8, 6, dtype=torch.bool)
+    answer[:, -1] = True
+    examples = Examples(clean=torch.randint(0, 20, (8, 6), generator=g),
+                        corrupted=torch.randint(0, 20, (8, 6), generator=g),
+                        valid=torch.ones(8, 6, dtype=torch.bool), answer=answer)
+    pruner = EdgePruner(model, examples, ablation="resample", seed=0,
+                        config=language_model_config(0.5, steps=40, batch_size=8, tie_kv=True))
+    pruner.run()
+    graph = model.graph
+
+    def kv_partners(w, r):  # an edge into a key or value reader: its name, its group's first head's, the other head's
+        m = re.match(r"^a(\d+)\.h(\d+)<([kv])>$", graph.reader_names[r])
+        if m is None:
+            return None
+        writer, (layer, h, port) = graph.writer_names[w], (int(m.group(1)), int(m.group(2)), m.group(3))
+        return (f"{writer}->{graph.reader_names[r]}", f"{writer}->a{layer}.h{h - h % 2}<{port}>",
+                f"{writer}->a{layer}.h{h ^ 1}<{port}>")
+
+    la = dict(zip(graph.edge_names, pruner.edge_log_alpha().tolist(), strict=True))
+    pairs = [p for w, r in graph.edges if (p := kv_partners(w, r))]
+    assert all(la[name] == la[lead] for name, lead, _ in pairs)  # one gate per writer and group
+    assert any(la[lead] != 3.0 for _, lead, _ in pairs)  # the tied gates trained (they start at 3)
+    circuit = pruner.circuit()  # in the ungrouped graph's names: a group's heads keep or drop an edge together
+    kept = set(circuit.edges)
+    assert all((name in kept) == (other in kept) for name, _, other in pairs)
+    assert 0 < len(circuit) < graph.n_edges
+    with pytest.raises(ValueError, match="tie_kv is for grouped-query attention"):
+        EdgePruner(random_model(dataclasses.replace(cfg, n_kv_heads=None), 0).float(), examples,
+                   ablation="zero", config=language_model_config(0.5, steps=2, tie_kv=True))

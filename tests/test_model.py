@@ -329,3 +329,58 @@ def test_resample_and_mean_stand_ins_make_the_conventions_agree(cfg, seed, ablat
         return w if ablation == "resample" else w.mean(1, keepdim=True)
     want = ours(clean, edge_mask=z, ablated=stand_in(ours))
     torch.testing.assert_close(theirs(clean, edge_mask=z, ablated=stand_in(theirs)), want, atol=ATOL, rtol=0)
+
+
+GQA = TransformerConfig(vocab_size=20, d_model=16, n_layers=2, n_heads=4, n_kv_heads=2, d_head=4, d_mlp=32,
+                        n_positions=16, norm="rmsnorm", positional="rotary", gated_mlp=True, activation="silu",
+                        attn_out_bias=False, mlp_bias=False)
+
+
+def _tied_columns(model) -> torch.Tensor:
+    """``[R]``: each reader's column of a tied mask (a key or value reader: its group's first head's)."""
+    g, H, group = model.graph, model.cfg.n_heads, model.cfg.n_heads // model.cfg.kv_heads
+    src = torch.arange(g.n_readers)
+    for l in range(g.n_layers):
+        for port in "kv":
+            for h in range(H):
+                src[g.head_reader(l, h, port)] = g.head_reader(l, h - h % group, port)
+    return src
+
+
+@pytest.mark.parametrize("per_example", [False, True])
+@pytest.mark.parametrize("ablation", ["zero", "resample"])
+def test_tied_key_value_masks_read_once_per_group_and_give_the_tied_gradient(per_example, ablation):
+    """With the key and value masks tied within each group, reading and projecting them once per group
+    (``tied_kv``) gives the untied run's logits, and the gradient of each tied gate (the sum over the
+    columns it sets), to float64 rounding (1e-12 of the largest)."""
+    model = random_model(GQA, 0)
+    g = model.graph
+    tokens = torch.randint(0, 20, (3, 6), generator=torch.Generator().manual_seed(1))
+    ablated = None if ablation == "zero" else model.writers(torch.randint(0, 20, (3, 6)))
+    valid = g.dense(torch.ones(g.n_edges, dtype=torch.float64))  # [W, R]: 1 on the graph's edges
+    shape = (3, g.n_writers, g.n_readers) if per_example else (g.n_writers, g.n_readers)
+    gates = torch.rand(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    results = []
+    for tied in (False, True):
+        p = gates.clone().requires_grad_(True)
+        logits = model(tokens, edge_mask=p[..., _tied_columns(model)] * valid, ablated=ablated, tied_kv=tied)
+        logits.square().sum().backward()
+        results.append((logits.detach(), p.grad))
+    (untied, g_untied), (tied, g_tied) = results
+    assert torch.allclose(tied, untied, rtol=0, atol=1e-12 * untied.abs().max())
+    assert torch.allclose(g_tied, g_untied, rtol=0, atol=1e-12 * g_untied.abs().max())
+    assert g_untied.abs().max() > 0
+
+
+def test_tied_kv_refuses_untied_masks_and_models_without_groups():
+    model = random_model(GQA, 0)
+    tokens = torch.zeros(1, 3, dtype=torch.long)
+    z = torch.rand(model.graph.n_edges, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="layer 0's key or value masks differ within a key-value group"):
+        model(tokens, edge_mask=z, tied_kv=True)
+    with pytest.raises(ValueError, match="it needs an edge_mask"):
+        model(tokens, tied_kv=True)
+    plain = random_model(TransformerConfig(vocab_size=5, d_model=4, n_layers=1, n_heads=2, d_head=2, d_mlp=4,
+                                           n_positions=4), 0)
+    with pytest.raises(ValueError, match="tied_kv is for grouped-query attention; this model has 2 query and 2"):
+        plain(tokens, edge_mask=torch.ones(plain.graph.n_edges, dtype=torch.float64), tied_kv=True)
