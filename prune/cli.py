@@ -78,7 +78,7 @@ CHECKPOINT, CIRCUIT, METRICS, SWEEP, RUN = (
 DRAWING = "circuit"  # the circuit's drawing, circuit.png and circuit.svg (prune.draw)
 OUTPUTS = (CHECKPOINT, CIRCUIT, METRICS, SWEEP, RUN, f"{DRAWING}.png", f"{DRAWING}.svg")
 # What must match for --resume to continue a run (targets may differ: new ones start fresh).
-_RUN_KEYS = ("model", "task", "n", "seed", "ablation", "dtype", "steps", "batch_size", "conventions")
+_RUN_KEYS = ("model", "task", "n", "seed", "ablation", "dtype", "steps", "batch_size", "conventions", "tie_kv")
 # What a finished target's metrics.json records of its run (and must match to be skipped on --resume).
 _METRICS_KEYS = ("task", "ablation", "seed", "steps", "conventions")
 MAX_THREADS = 1024
@@ -336,7 +336,8 @@ def cmd_run(args) -> int:
     if len(set(names)) != len(names):  # cannot happen (the names read back exactly); never share a folder
         raise UsageError(f"--target-edge-sparsity {args.target_edge_sparsity}: two targets would share a folder")
     try:
-        configs = [language_model_config(t, steps=args.steps, batch_size=args.batch_size) for t in targets]
+        configs = [language_model_config(t, steps=args.steps, batch_size=args.batch_size, tie_kv=args.tie_kv)
+                   for t in targets]
     except ValueError as err:
         raise UsageError(f"{err}") from None
     _check_model(args.model)
@@ -344,7 +345,7 @@ def cmd_run(args) -> int:
     run_dirs = [args.out / name for name in names]
     record = {"model": _model_key(args.model), "task": args.task, "n": args.n, "seed": args.seed,
               "ablation": args.ablation, "dtype": args.dtype, "steps": args.steps, "batch_size": args.batch_size,
-              "conventions": args.conventions}
+              "conventions": args.conventions, "tie_kv": args.tie_kv}
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file, not a folder")
     if not args.no_draw:
@@ -478,6 +479,9 @@ def _run(args, targets, configs, run_dirs, states, record, rank: int = 0) -> int
         model = loaders.from_hf(args.model, dtype=_DTYPES[args.dtype]).with_conventions(args.conventions)
     except (FileNotFoundError, ValueError, MemoryError, NotImplementedError, OSError) as err:
         raise UsageError(f"cannot load model {args.model!r}: {err}") from None
+    if args.tie_kv and model.cfg.kv_heads == model.cfg.n_heads:
+        raise UsageError(f"--tie-kv: {args.model} has no grouped-query attention ({model.cfg.n_heads} query and "
+                         f"{model.cfg.kv_heads} key-value heads); leave --tie-kv out")
     if sharding.launched_by_torchrun():  # every rank loaded the whole model; each keeps its share
         sharding.shard(model)
     # Before anything is written: every checkpoint to resume is of this run (model, data, seed, configuration).
@@ -760,6 +764,10 @@ def main(argv=None) -> int:
                    help="save DIR/target-<t>/checkpoint.safetensors every N steps (and at the end)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoints; finished targets are skipped")
+    p.add_argument("--tie-kv", action="store_true",
+                   help="grouped-query attention: one key and one value gate per writer and key-value group, so "
+                        "keys and values are read and projected once per group (circuits keep EAP-IG's "
+                        "ungrouped names)")
     p.add_argument("--threads", type=_threads, default=2,
                    help=f"torch CPU threads (per rank), 1 to {MAX_THREADS} (resume with the same number)")
     p.add_argument("--nproc", type=positive_int, default=1,

@@ -213,6 +213,8 @@ def test_errors_are_one_line(checkpoints, tmp_path, capsys, monkeypatch):
     assert "'1.5' is not in [0, 1]" in _error(_args(gpt2, tmp_path / "a", "1.5"), capsys)
     assert "--checkpoint-every" in _error(_args(gpt2, tmp_path / "a", "0.9", 6, 0), capsys)
     assert "no checkpoint folder" in _error(_args(tmp_path / "missing", tmp_path / "a"), capsys)
+    assert "--tie-kv: " in _error(_args(gpt2, tmp_path / "t", "0.9", 6, 100, "--tie-kv"), capsys)  # no GQA
+    assert not (tmp_path / "t").exists()
 
     from transformers import BertConfig
 
@@ -520,3 +522,17 @@ def test_refusals_in_a_subprocess_leave_no_trace(checkpoints, tmp_path):
         (_args(checkpoints["llama"], held, "0.9"), [held, checkpoints["llama"]], "already holds a run"),
     ])
     assert not (tmp_path / "out").exists()
+
+
+def test_tie_kv_runs_grouped_query_attention_with_one_gate_per_group(checkpoints, tmp_path):
+    from safetensors import safe_open
+
+    out = tmp_path / "tied"
+    assert main(_args(checkpoints["llama"], out, "0.9", 4, 100, "--tie-kv", "--no-draw")) == 0
+    with safe_open(str(out / "target-0.9" / "checkpoint.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["config"])["tie_kv"] is True
+    assert json.loads((out / "run.json").read_text())["tie_kv"] is True
+    # Resuming without the flag is another run: refused.
+    (out / "target-0.9" / "circuit.json").unlink()
+    (out / "target-0.9" / "metrics.json").unlink()
+    assert main(_args(checkpoints["llama"], out, "0.9", 4, 100, "--resume", "--no-draw")) == 2
