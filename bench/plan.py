@@ -8,6 +8,20 @@ device, then materialised, so no second copy exists), makes ``N`` random example
 ``EdgePruner(...).step()`` (``language_model_config``, resample ablation) and reports its peak resident
 memory (``ru_maxrss``). The plan is computed from the configuration alone. Float32 only: on CPU the
 half-precision step is partly computed in float32 (the plan refuses it there).
+
+    .venv/bin/python bench/plan.py --nproc 2 [--json out/plan-sharded.json]
+
+Sharded (FSDP, gloo): each configuration runs as 2 ranks under torchrun's launcher, one torch thread
+each. Every rank records its resident memory after imports (the plan's ``runtime``), builds the model
+on the meta device, materialises it with a fixed seed (both ranks hold the same weights),
+``prune.sharding.shard``-s it, makes the same examples, constructs the ``EdgePruner`` (batch = every
+example, so each rank runs its own ``N / 2`` per step) and runs three steps. The peak resident size
+(VmHWM) is reset (``/proc/self/clear_refs``) after sharding, and again after the pruner is built (its
+reference logits and ablated writers stay resident, but its start-up passes and the weight fingerprint,
+which gathers every weight whole, are not part of a step): the steps' own peak is compared with
+``plan_step(cfg, batch=N / 2, nproc=2, examples=N)``. The process peak is the largest of the three
+parts' peaks (loading: the whole model materialised before ``fully_shard`` keeps its share, which the
+plan does not count; building the pruner; the steps).
 """
 
 from __future__ import annotations
@@ -47,6 +61,15 @@ CASES = [  # (name, config, batch, seq, examples)
     ("GPT-2 small", {"vocab_size": 50257, "d_model": 768, "n_layers": 12, "n_heads": 12, "d_head": 64,
                      "d_mlp": 3072, "n_positions": 1024, **GPT2}, 32, 64, 32),
 ]
+# Sharded: (name, config, seq, examples); the batch is every example, so each of 2 ranks runs N / 2 per step.
+SHARDED_CASES = [
+    ("gpt2-like 6x8x512", CASES[0][1], 64, 32),
+    ("llama-like 4x8x256, GQA 2", CASES[2][1], 128, 32),
+    ("llama-like 8x8x512, GQA 4", CASES[3][1], 128, 16),
+    ("GPT-2 small", CASES[4][1], 32, 16),
+    ("GPT-2 small", CASES[4][1], 64, 32),
+    ("GPT-2 small, a tiny batch", CASES[4][1], 16, 2),  # the forward's root gather exceeds the backward's peak
+]
 
 
 def child(config: dict, batch: int, seq: int, examples: int) -> dict:
@@ -82,6 +105,114 @@ def child(config: dict, batch: int, seq: int, examples: int) -> dict:
     return {"peak_bytes": peak, "plan_bytes": plan.total, "items": plan.items}
 
 
+def _status_bytes(key: str) -> int:
+    """``key`` (VmRSS, VmHWM) of this process's ``/proc/self/status``, in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def _reset_peak() -> None:
+    """Reset this process's peak resident size (VmHWM) to its resident size now (Linux: clear_refs 5)."""
+    import gc
+
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def sharded_child(config: dict, seq: int, examples: int, out_dir: str) -> None:
+    """One rank of a sharded measurement (module doc); writes ``rank-R.json`` into ``out_dir``."""
+    import torch
+
+    from prune import sharding
+    from prune.data import Examples
+    from prune.edge_pruning import EdgePruner, language_model_config
+    from prune.model import Transformer, TransformerConfig
+    from prune.plan import plan_step, process_resident_bytes
+
+    torch.set_num_threads(1)
+    runtime = process_resident_bytes()
+    rank, ranks = sharding.init_from_environment()
+    after_init = process_resident_bytes()
+    cfg = TransformerConfig(**config)
+    per_rank = examples // ranks
+    plan = plan_step(cfg, batch=per_rank, seq=seq, nproc=ranks, examples=examples, runtime_bytes=runtime)
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model = model.to_empty(device="cpu")
+    torch.manual_seed(0)  # the same weights on every rank
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    sharding.shard(model)
+    g = torch.Generator().manual_seed(0)
+    V = cfg.vocab_size
+    valid = torch.ones(examples, seq, dtype=torch.bool)
+    answer = torch.zeros_like(valid)
+    answer[:, -1] = True
+    ex = Examples(clean=torch.randint(0, V, (examples, seq), generator=g),
+                  corrupted=torch.randint(0, V, (examples, seq), generator=g), valid=valid, answer=answer)
+    load_peak = _status_bytes("VmHWM")  # imports, the whole model materialised, then sharded
+    _reset_peak()
+    after_shard = process_resident_bytes()
+    pruner = EdgePruner(model, ex, ablation="resample", seed=0,
+                        config=language_model_config(0.9, steps=10**6, batch_size=examples))
+    setup_peak = _status_bytes("VmHWM")
+    _reset_peak()
+    before_steps = process_resident_bytes()
+    start = time.perf_counter()
+    for _ in range(3):
+        pruner.step()
+    seconds = (time.perf_counter() - start) / 3
+    step_peak = _status_bytes("VmHWM")
+    # Resetting VmHWM resets ru_maxrss too (Linux takes it from the same high-water mark): the process's peak
+    # is the largest of the three parts' peaks.
+    record = {"rank": rank, "ranks": ranks, "runtime_bytes": runtime, "after_process_group_bytes": after_init,
+              "load_peak_bytes": load_peak, "after_shard_bytes": after_shard, "setup_peak_bytes": setup_peak,
+              "before_steps_bytes": before_steps, "step_peak_bytes": step_peak,
+              "process_peak_bytes": max(load_peak, setup_peak, step_peak),
+              "seconds_per_step": seconds, "plan_bytes": plan.total, "items": plan.items}
+    Path(out_dir, f"rank-{rank}.json").write_text(json.dumps(record))
+
+
+def _measure_sharded(case: list, nproc: int) -> list[dict]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as out:
+        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                        str(nproc), "--max-restarts", "0", __file__, "_sharded", json.dumps([*case, out])],
+                       capture_output=True, text=True, cwd=ROOT, check=True,
+                       env={**os.environ, **ENV, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+        return [json.loads(Path(out, f"rank-{r}.json").read_text()) for r in range(nproc)]
+
+
+def main_sharded(nproc: int, json_path: Path | None) -> int:
+    load = os.getloadavg()[0]
+    rows = []
+    for name, config, seq, n in SHARDED_CASES:
+        ranks = _measure_sharded([config, seq, n], nproc)
+        for r in ranks:
+            r["error"] = r["plan_bytes"] / r["step_peak_bytes"] - 1
+        rows.append({"name": name, "config": config, "batch_per_rank": n // nproc, "seq": seq, "examples": n,
+                     "plan_bytes": ranks[0]["plan_bytes"], "ranks": ranks})
+        print(f"{name}, {n // nproc} x {seq} per rank, {n} examples: planned {ranks[0]['plan_bytes'] / 2**30:.3f} GiB; "
+              + "; ".join(f"rank {r['rank']}: step peak {r['step_peak_bytes'] / 2**30:.3f} GiB "
+                          f"({100 * r['error']:+.1f}%), process peak {r['process_peak_bytes'] / 2**30:.3f} GiB"
+                          for r in ranks), flush=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    record = {"command": f"bench/plan.py --nproc {nproc}", "commit": commit.stdout.strip(),
+              "date": time.strftime("%Y-%m-%d"), "load_average_at_start": load,
+              "machine": f"{os.cpu_count()} cores, {platform.machine()}", "threads": 1, "nproc": nproc,
+              "rows": rows}
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(record, indent=1) + "\n")
+    return 0 if all(abs(r["error"]) <= 0.15 for row in rows for r in row["ranks"]) else 1
+
+
 def _measure(case: list, env: dict) -> dict:
     out = subprocess.run([sys.executable, __file__, "_child", json.dumps(case)], capture_output=True, text=True,
                          cwd=ROOT, check=True, env={**os.environ, **env})
@@ -91,7 +222,10 @@ def _measure(case: list, env: dict) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", type=Path)
+    p.add_argument("--nproc", type=int, default=1, help="ranks: above 1, the sharded (FSDP) cases")
     args = p.parse_args(argv)
+    if args.nproc > 1:
+        return main_sharded(args.nproc, args.json)
     load = os.getloadavg()[0]
     rows = []
     for name, config, batch, seq, n in CASES:
@@ -116,5 +250,8 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["_child"]:
         print(json.dumps(child(*json.loads(sys.argv[2]))))
+        sys.exit(0)
+    if sys.argv[1:2] == ["_sharded"]:
+        sharded_child(*json.loads(sys.argv[2]))
         sys.exit(0)
     sys.exit(main())

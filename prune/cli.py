@@ -561,17 +561,21 @@ def _check_plan(args, task) -> None:
         where = local / "config.json" if local is not None else args.model
         raise UsageError(f"cannot load model {args.model!r}: {where}: {err}") from None
     n, S = task.examples.clean.shape
-    p = plan.plan_step(cfg, batch=min(args.batch_size, n), seq=S, examples=n, ablation=args.ablation)
-    have = loaders.available_bytes()
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))  # sharded: every rank on this machine holds its own share
+    batch = -(-min(args.batch_size, n) // ranks)  # examples per rank per step
+    p = plan.plan_step(cfg, batch=batch, seq=S, examples=n, ablation=args.ablation, nproc=ranks)
+    have = loaders.available_bytes() // ranks  # this rank's part of the machine's memory
+    per = f" per rank (of {ranks})" if ranks > 1 else ""
     if p.fits(have) and not p.fits(int(have / SLACK)):
-        print(f"warning: an Edge Pruning step needs about {p.total / plan.GIB:.1f} GiB of the {have / plan.GIB:.1f} "
-              f"GiB available; with the memory glibc keeps after frees (up to {SLACK - 1:.0%} more, measured: "
-              f"bench/results/plan.md) it may not fit", file=sys.stderr)
+        print(f"warning: an Edge Pruning step needs about {p.total / plan.GIB:.1f} GiB{per} of the "
+              f"{have / plan.GIB:.1f} GiB available; with the memory glibc keeps after frees (up to {SLACK - 1:.0%} "
+              f"more, measured: bench/results/plan.md) it may not fit", file=sys.stderr)
     if not p.fits(have):
+        nproc = f" --nproc {ranks}" if ranks > 1 else ""
         raise UsageError(f"an Edge Pruning step of {args.model} at batch {p.batch} x {S} ({n} examples, "
-                         f"{args.ablation}) needs about {p.total / plan.GIB:.1f} GiB but {have / plan.GIB:.1f} GiB "
-                         f"is available (see `prune plan --model {args.model} --batch {p.batch} --seq {S} "
-                         f"--examples {n}`); use a smaller --batch-size or --n, or a machine with more memory")
+                         f"{args.ablation}) needs about {p.total / plan.GIB:.1f} GiB{per} but {have / plan.GIB:.1f} "
+                         f"GiB is available (see `prune plan --model {args.model} --batch {p.batch} --seq {S} "
+                         f"--examples {n}{nproc}`); use a smaller --batch-size or --n, or a machine with more memory")
 
 
 def _draw(run_dir: Path) -> None:

@@ -7,8 +7,23 @@ holds per rank, in bytes:
 
 - ``weights``: every parameter, frozen (Edge Pruning trains no weight), so
   there are no weight gradients or optimizer state. With ``nproc > 1``,
-  FSDP's full sharding (``fully_shard`` per block) holds ``1/nproc`` of them,
-  plus one block gathered whole while it runs.
+  FSDP's full sharding (``fully_shard`` per block, then the model:
+  :func:`prune.sharding.shard`) holds ``1/nproc`` of them, plus, gathered
+  whole: the model's own unit (embeddings, final norm, unembedding), which
+  FSDP keeps gathered from the forward pass to the end of the backward (it
+  does not reshard the root unit after the forward); and two blocks in the
+  backward pass, the one running and the next, prefetched. Measured
+  (``bench/plan.py --nproc 2``): at the step's peak, every rank holds those
+  gathered weights and no more.
+- ``FSDP forward gather`` (``nproc > 1`` only): in the forward pass FSDP
+  keeps a unit's all-gather buffer (a second copy of its weights) until the
+  next unit is gathered, so the root unit is held twice while the first
+  block is gathered, before any activation is kept. That moment exceeds the
+  backward's peak by the root unit less what only the backward holds (the
+  gradient buffer, reader inputs, attention, MLP, backward transient and the
+  answer logits' float32 softmax and gradient), when that is positive: a
+  small batch of a large vocabulary. The item is that excess, so the total
+  is the larger of the two moments.
 - ``writer stack``: every writer's output ``[W, B, S, D]`` (W = 1 + L (H + 1)).
 - ``gradient buffer``: the writers' gradients, accumulated in place ``[W, B, S, D]``.
 - ``ablated writers``: resample: the writers on each corrupted prompt of this
@@ -129,8 +144,11 @@ def plan_step(cfg: TransformerConfig, *, batch: int, seq: int, dtype: torch.dtyp
     R = L * (3 * H + 1) + 1  # readers
     n_edges = Graph(n_layers=L, n_heads=H).n_edges
     params = estimate_params(cfg)
-    per_block = (params - V * D - cfg.vocab_size * D - (cfg.n_positions * D if cfg.positional == "learned" else 0)) // L
-    weights = params * b if P == 1 else math.ceil(params / P) * b + per_block * b
+    # The model's own FSDP unit (prune.sharding.shard): embeddings, final norm and unembedding; the rest is blocks.
+    root = (cfg.vocab_size * D + (cfg.n_positions * D if cfg.positional == "learned" else 0)
+            + {"none": 0, "rmsnorm": D, "layernorm": 2 * D}[cfg.norm] + V * D + V * cfg.unembed_bias)
+    per_block = (params - root) // L
+    weights = params * b if P == 1 else (math.ceil(params / P) + root + 2 * per_block) * b
     stack = W * B * S * D * b
     ablated = {"zero": 0, "mean": W * S * D * b, "resample": W * (N // P) * S * D * b}[ablation]
     reads = (3 * H + 1) * B * S * D * b  # one layer's reader inputs
@@ -149,6 +167,10 @@ def plan_step(cfg: TransformerConfig, *, batch: int, seq: int, dtype: torch.dtyp
         "runtime": (process_resident_bytes() if runtime_bytes is None else runtime_bytes) if device == "cpu"
         else int(cuda_context_gib * GIB),
     }
+    if P > 1:  # the forward's moment with the root unit held twice, where it exceeds the backward's peak (module doc)
+        backward_only = sum(items[k] for k in ("gradient buffer", "reader inputs", "attention", "mlp",
+                                               "backward transient")) + 3 * B * V * 4
+        items["FSDP forward gather"] = max(0, root * b - backward_only)
     return MemoryPlan(batch=B, seq=S, dtype=str(dtype).removeprefix("torch."), nproc=P, examples=N,
                       ablation=ablation, device=device, items=items)
 

@@ -51,6 +51,22 @@ def test_the_plan_scales_with_batch_examples_and_ranks():
     assert sharded.items["writer stack"] == alone.items["writer stack"]
 
 
+def test_a_sharded_rank_holds_its_share_the_root_unit_and_two_blocks():
+    # FSDP keeps the model's own unit gathered from the forward to the end of the backward, and the backward
+    # holds the running block and the prefetched next one (measured: bench/plan.py --nproc 2).
+    p = plan.plan_step(GPT2, batch=8, seq=32, nproc=2, runtime_bytes=0)
+    block = 12 * 768**2 + 13 * 768  # W_Q, W_K, W_V, W_O, W_in, W_out; their biases and the two norms
+    root = 2 * 50257 * 768 + 1024 * 768 + 2 * 768  # W_E, W_U, W_pos and the final norm
+    assert 12 * block + root == 163_037_184
+    assert p.items["weights"] == (163_037_184 // 2 + root + 2 * block) * 4
+    assert p.items["FSDP forward gather"] == 0  # the backward's activations outweigh the root unit's second copy
+    tiny = plan.plan_step(GPT2, batch=1, seq=16, nproc=2, runtime_bytes=0)
+    backward_only = sum(tiny.items[k] for k in ("gradient buffer", "reader inputs", "attention", "mlp",
+                                                "backward transient")) + 3 * 50257 * 4
+    assert tiny.items["FSDP forward gather"] == root * 4 - backward_only > 0
+    assert "FSDP forward gather" not in plan.plan_step(GPT2, batch=1, seq=16, runtime_bytes=0).items
+
+
 def test_largest_batch_is_the_boundary():
     budget = 4 * plan.GIB
     best = plan.largest_batch(GPT2, budget, seq=32, runtime_bytes=0)
