@@ -72,31 +72,48 @@ SHARDED_CASES = [
 ]
 
 
-def child(config: dict, batch: int, seq: int, examples: int) -> dict:
+def _random_model(cfg):
+    """A random-weight model of ``cfg``, built on the meta device and then materialised (no second copy)."""
     import torch
 
-    from prune.data import Examples
-    from prune.edge_pruning import EdgePruner, language_model_config
-    from prune.model import Transformer, TransformerConfig
-    from prune.plan import plan_step, process_resident_bytes
+    from prune.model import Transformer
 
-    torch.set_num_threads(2)
-    runtime = process_resident_bytes()
-    cfg = TransformerConfig(**config)
-    plan = plan_step(cfg, batch=batch, seq=seq, examples=examples, runtime_bytes=runtime)
     with torch.device("meta"):
         model = Transformer(cfg)
     model = model.to_empty(device="cpu")
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.02)
+    return model
+
+
+def _random_examples(cfg, n: int, seq: int):
+    """``n`` random prompts of ``seq`` tokens (seeded), each answered at its last position."""
+    import torch
+
+    from prune.data import Examples
+
     g = torch.Generator().manual_seed(0)
-    V = cfg.vocab_size
-    valid = torch.ones(examples, seq, dtype=torch.bool)
+    valid = torch.ones(n, seq, dtype=torch.bool)
     answer = torch.zeros_like(valid)
     answer[:, -1] = True
-    ex = Examples(clean=torch.randint(0, V, (examples, seq), generator=g),
-                  corrupted=torch.randint(0, V, (examples, seq), generator=g), valid=valid, answer=answer)
+    return Examples(clean=torch.randint(0, cfg.vocab_size, (n, seq), generator=g),
+                    corrupted=torch.randint(0, cfg.vocab_size, (n, seq), generator=g), valid=valid, answer=answer)
+
+
+def child(config: dict, batch: int, seq: int, examples: int) -> dict:
+    import torch
+
+    from prune.edge_pruning import EdgePruner, language_model_config
+    from prune.model import TransformerConfig
+    from prune.plan import plan_step, process_resident_bytes
+
+    torch.set_num_threads(2)
+    runtime = process_resident_bytes()
+    cfg = TransformerConfig(**config)
+    plan = plan_step(cfg, batch=batch, seq=seq, examples=examples, runtime_bytes=runtime)
+    model = _random_model(cfg)
+    ex = _random_examples(cfg, examples, seq)
     pruner = EdgePruner(model, ex, ablation="resample", seed=0,
                         config=language_model_config(0.9, steps=10**6, batch_size=batch))
     for _ in range(3):
@@ -128,9 +145,8 @@ def sharded_child(config: dict, seq: int, examples: int, out_dir: str) -> None:
     import torch
 
     from prune import sharding
-    from prune.data import Examples
     from prune.edge_pruning import EdgePruner, language_model_config
-    from prune.model import Transformer, TransformerConfig
+    from prune.model import TransformerConfig
     from prune.plan import plan_step, process_resident_bytes
 
     torch.set_num_threads(1)
@@ -140,21 +156,9 @@ def sharded_child(config: dict, seq: int, examples: int, out_dir: str) -> None:
     cfg = TransformerConfig(**config)
     per_rank = examples // ranks
     plan = plan_step(cfg, batch=per_rank, seq=seq, nproc=ranks, examples=examples, runtime_bytes=runtime)
-    with torch.device("meta"):
-        model = Transformer(cfg)
-    model = model.to_empty(device="cpu")
     torch.manual_seed(0)  # the same weights on every rank
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.02)
-    sharding.shard(model)
-    g = torch.Generator().manual_seed(0)
-    V = cfg.vocab_size
-    valid = torch.ones(examples, seq, dtype=torch.bool)
-    answer = torch.zeros_like(valid)
-    answer[:, -1] = True
-    ex = Examples(clean=torch.randint(0, V, (examples, seq), generator=g),
-                  corrupted=torch.randint(0, V, (examples, seq), generator=g), valid=valid, answer=answer)
+    model = sharding.shard(_random_model(cfg))
+    ex = _random_examples(cfg, examples, seq)
     load_peak = _status_bytes("VmHWM")  # imports, the whole model materialised, then sharded
     _reset_peak()
     after_shard = process_resident_bytes()

@@ -125,6 +125,18 @@ def test_run_writes_valid_outputs(checkpoints, arch, tmp_path, capsys):
 
 
 # -------------------------------------------------------- kill and resume
+def wait_for_checkpoint(proc: subprocess.Popen, checkpoint: Path, seconds: float) -> None:
+    """Until ``checkpoint`` exists; fails if ``proc`` ends first or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    while not checkpoint.exists():
+        if proc.poll() is not None:
+            err = proc.stderr.read()
+            pytest.fail(f"the run ended (status {proc.returncode}) before its first checkpoint: "
+                        f"{(err.decode() if isinstance(err, bytes) else err)[-3000:]}")
+        assert time.monotonic() < deadline, f"no checkpoint within {seconds} s"
+        time.sleep(0.002)
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_resume_after_kill_equals_an_uninterrupted_run(checkpoints, arch, tmp_path):
     model, steps, every = checkpoints[arch], KILL_RUN[arch]["steps"], KILL_RUN[arch]["every"]
@@ -134,13 +146,7 @@ def test_resume_after_kill_equals_an_uninterrupted_run(checkpoints, arch, tmp_pa
     proc = subprocess.Popen([sys.executable, "-m", "prune.cli", *_args(model, killed, "0.9", steps, every)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
-        while not checkpoint.exists():
-            if proc.poll() is not None:
-                pytest.fail(f"the run ended (status {proc.returncode}) before its first checkpoint: "
-                            f"{proc.stderr.read().decode()[-2000:]}")
-            assert time.monotonic() < deadline, "no checkpoint within 120 s"
-            time.sleep(0.002)
+        wait_for_checkpoint(proc, checkpoint, 120)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()

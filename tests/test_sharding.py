@@ -22,14 +22,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from test_cli_run import _args, _checkpoint_step, _temp_files, checkpoints  # noqa: F401 (checkpoints: a fixture)
+from test_cli_run import _args, _checkpoint_step, _temp_files, checkpoints, wait_for_checkpoint  # noqa: F401 (checkpoints: a fixture)
 
 from prune.cli import main
 
@@ -97,13 +96,7 @@ def test_a_killed_rank_stops_the_run_and_resuming_equals_an_uninterrupted_run(ch
     proc = subprocess.Popen([sys.executable, "-m", "prune.cli", *argv], cwd=ROOT, env=ENV, text=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 180
-        while not checkpoint.exists():
-            if proc.poll() is not None:
-                pytest.fail(f"the run ended (status {proc.returncode}) before its first checkpoint: "
-                            f"{proc.stderr.read()[-3000:]}")
-            assert time.monotonic() < deadline, "no checkpoint within 180 s"
-            time.sleep(0.002)
+        wait_for_checkpoint(proc, checkpoint, 180)
         victim = _rank_pid(proc.pid, 1)
         assert victim is not None, "rank 1 is not a child of the launcher"
         os.kill(victim, signal.SIGKILL)
