@@ -484,7 +484,8 @@ def cmd_compare(args) -> int:
             args.plot = f"{args.plot}@{args.variant}"
     torch.set_num_threads(args.threads)
     compare(args.methods, args.ablation, programs=programs, seed=args.seed, out_dir=args.out,
-            plot=args.plot, quiet=args.quiet, draw=_drawing_folder(args.draw), root=root)
+            plot=args.plot, quiet=args.quiet, draw=_drawing_folder(args.draw), root=root,
+            features=args.graph == "features")
     if not args.quiet:
         print(f"written: {args.out / 'compare.md'}, {args.out / 'compare.json'}"
               + (f", {args.out / f'compare_{args.plot}.png'}" if args.plot else ""), file=sys.stderr)
@@ -576,6 +577,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=parse_seeds, default="0", help="one seed")
     p.add_argument("--variant", choices=VARIANT_KINDS, default=None,
                    help="compare on the built variants of that kind (compiled_variants/) instead")
+    p.add_argument("--graph", choices=("edges", "features"), default="edges",
+                   help="features: on each program's transcoder feature graph (its ideal transcoders), against "
+                        "the feature-level ground truth")
     p.add_argument("--threads", type=_threads, default=DEFAULT_THREADS, help=f"torch CPU threads, 1 to {MAX_THREADS}")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_compare)

@@ -147,9 +147,32 @@ def _own_circuit(method, found: dict, model, examples, **kw):
     return found["circuit"]
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class _FeatureRow:
+    """A program's feature model and feature-level ground truth, read by :func:`compare` as an artifact."""
+
+    truth: object  # groundtruth.feature_truth.FeatureTruth
+
+    @property
+    def model(self):
+        return self.truth.model
+
+    @property
+    def examples(self):
+        return self.truth.examples
+
+    def functional(self, ablation: str) -> list[str]:
+        return self.truth.functional(ablation)
+
+
 def compare(methods, ablation: str, *, programs=None, seed: int = 0, out_dir=DEFAULT_OUT,
-            plot: str | None = None, quiet: bool = False, root=None, draw=None) -> list[dict]:
+            plot: str | None = None, quiet: bool = False, root=None, draw=None, features: bool = False) -> list[dict]:
     """Run ``methods`` (names or a comma list) on the library; write the table; return its rows.
+
+    ``features``: on each program's feature graph (its ideal transcoders, every compiled MLP hidden unit
+    a writer) against the feature-level ground truth of :func:`groundtruth.feature_truth.feature_truth`,
+    derived and verified for the row's ablation before any method runs; circuits are saved, not drawn
+    (``draw`` and ``plot`` are refused: drawings of feature graphs are not made yet).
 
     Rows hold raw numbers (``auroc`` is None where the ground truth covers every
     edge); ``details`` lists the extra and missed edges of both circuits; ``files``
@@ -169,6 +192,9 @@ def compare(methods, ablation: str, *, programs=None, seed: int = 0, out_dir=DEF
 
     check_ablation(ablation)
     fns = _resolve_methods(methods)
+    if features and (draw is not None or plot is not None):
+        raise ValueError("--graph features: circuits on feature graphs are not drawn or plotted yet; "
+                         "leave out --draw and --plot")
     root = Path(root) if root is not None else DEFAULT_ROOT
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -189,6 +215,11 @@ def compare(methods, ablation: str, *, programs=None, seed: int = 0, out_dir=DEF
     if plot is not None and plot not in names:
         raise ValueError(f"--plot {plot!r} is not among the programs compared ({', '.join(names)})")
     arts = {n: load_artifact(root / n) for n in names}  # fail early on a bad name
+    if features:  # each program as its feature model and feature-level ground truth (derived and verified)
+        from groundtruth.feature_truth import feature_truth
+
+        arts = {n: _FeatureRow(feature_truth(a, ablations=(ablation,)))
+                for n, a in tqdm(arts.items(), desc="feature truth", disable=quiet, file=sys.stderr, leave=False)}
     stems = _file_stems(names)
     if all(not arts[n].functional(ablation) for n in names):
         raise ValueError(f"every {ablation} ground truth of {', '.join(names)} is empty: nothing to compare")
@@ -248,7 +279,8 @@ def compare(methods, ablation: str, *, programs=None, seed: int = 0, out_dir=DEF
         md += f"\nskipped ({ablation} ground truth empty): {', '.join(skipped)}\n"
     md += _summary(rows)
     atomic_write_text(out_dir / "compare.md", md)
-    report = {"ablation": ablation, "seed": seed, "methods": list(fns), "skipped": skipped, "rows": rows}
+    report = {"ablation": ablation, "seed": seed, "methods": list(fns), "graph": "features" if features else "edges",
+              "skipped": skipped, "rows": rows}
     atomic_write_text(out_dir / "compare.json", json.dumps(report, indent=1, default=str) + "\n")
     if plot is not None and plot_circuits:
         _plot(out_dir / f"compare_{plot}.png", plot, arts[plot], ablation, plot_circuits,

@@ -291,9 +291,14 @@ def acdc_sweep(model: Transformer, examples: Examples, *, ablation: str, taus=DE
     return summary, circuits
 
 
+# Imported last: prune.feature_attribution builds on this module's helpers.
+from prune.feature_attribution import feature_attribution, feature_attribution_invariant  # noqa: E402
+
 METHODS: dict[str, Pruner] = {
     "edge_pruning": edge_pruning,
     "acdc": acdc,
     "eap": eap,
     "eap_ig": eap_ig,
+    "feature_attribution": feature_attribution,
+    "feature_attribution_invariant": feature_attribution_invariant,
 }

@@ -55,7 +55,10 @@ memory available (estimated before loading).
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
+import math
 import os
 import sys
 import tempfile
@@ -628,6 +631,26 @@ def _gib(text: str) -> float:
     return value
 
 
+def _expansion(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of features per MLP hidden unit")
+    return value
+
+
+def _l1(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite coefficient >= 0")
+    return value
+
+
 def _threads(text: str) -> int:
     return parse_int(text, "", minimum=1, maximum=MAX_THREADS)
 
@@ -725,6 +748,98 @@ def cmd_plan(args) -> int:
     return 0 if fits else 1
 
 
+TRANSCODERS, TRANSCODE_REPORT = "transcoders", "transcode.json"
+
+
+def _layers(text: str, n_layers: int) -> list[int]:
+    """``all`` or comma-separated MLP layers, each in ``0..n_layers-1``, none twice."""
+    if text == "all":
+        return list(range(n_layers))
+    try:
+        layers = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--layers {text!r}: give all or comma-separated layer numbers, e.g. 0,2") from None
+    bad = [l for l in layers if not 0 <= l < n_layers]
+    if bad:
+        raise UsageError(f"--layers: MLP layer {bad[0]} is out of range: this model's MLP layers are 0..{n_layers - 1}")
+    if len(set(layers)) != len(layers):
+        raise UsageError(f"--layers {text!r} names a layer twice")
+    return layers
+
+
+def cmd_transcode(args) -> int:
+    """Train a transcoder on each chosen MLP of a model, from a generated task's text, and report its faithfulness."""
+    from prune import loaders
+    from prune.tasks import TASKS, make_task
+    from prune.transcoder import (
+        mlp_activations,
+        replace_mlps,
+        replacement_faithfulness,
+        save_transcoders,
+        train_transcoder,
+    )
+
+    if args.task not in TASKS:
+        raise UsageError(f"unknown task {args.task!r}; choose one of {', '.join(TASKS)}")
+    _check_model(args.model)
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        raise UsageError(f"--out {args.out} already holds files; choose a new or empty folder (nothing is replaced)")
+    try:  # the layers are checked against the config before anything loads or is written
+        layers = _layers(args.layers, loaders.transformer_config(loaders._load_config(args.model)).n_layers)
+    except (FileNotFoundError, ValueError, NotImplementedError, OSError) as err:
+        raise UsageError(f"cannot load model {args.model!r}: {err}") from None
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Loading weights" and the like
+    created = _make_out_dir(args.out)
+    try:
+        torch.set_num_threads(args.threads)
+        try:
+            model_type = loaders.model_type_of(args.model)
+            task = make_task(args.task, _tokenizer_for(args.model, model_type), args.n, args.seed)
+            model = loaders.from_hf(args.model)
+        except (FileNotFoundError, ValueError, MemoryError, NotImplementedError, OSError) as err:
+            raise UsageError(f"cannot load {args.model!r} or make task {args.task!r}: {err}") from None
+        ex = task.examples
+        recipe = {k: v for k, v in (("steps", args.steps), ("l1", args.l1)) if v is not None}
+        transcoders, rows = {}, []
+        for layer in layers:
+            try:
+                tc = train_transcoder(model, layer, ex.clean, ex.valid, expansion=args.expansion, seed=args.seed,
+                                      progress=not args.quiet, **recipe)
+            except ValueError as err:  # NaN in training, a bad coefficient: named by the trainer
+                raise UsageError(f"layer {layer}: {err}") from None
+            transcoders[layer] = tc
+            x, _ = mlp_activations(model, layer, ex.clean, ex.valid)
+            with torch.no_grad():
+                dead = int((tc.encode(x) > 0).sum(0).eq(0).sum())  # features active on no input
+            rows.append({"layer": layer, "d_transcoder": tc.cfg.d_transcoder, "nmse": tc.log.nmse, "l0": tc.log.l0,
+                         "dead": dead, "resampled": tc.log.resampled, "seconds": round(tc.log.seconds, 2)})
+        alone = replacement_faithfulness(model, replace_mlps(model, transcoders), ex)
+        kept = replacement_faithfulness(model, replace_mlps(model, transcoders, keep_error=True), ex)
+    except BaseException:
+        _remove_empty(created)
+        raise
+    save_transcoders(args.out / TRANSCODERS, transcoders, model=model, model_name=_model_key(args.model))
+    report = {"model": _model_key(args.model), "task": args.task, "n": args.n, "seed": args.seed,
+              "expansion": args.expansion, "recipe": transcoders[layers[0]].log.recipe, "layers": rows,
+              "replacement": dataclasses.asdict(alone), "replacement_with_error_terms": dataclasses.asdict(kept)}
+    atomic_write_json(args.out / TRANSCODE_REPORT, report)
+    print("| layer | d_transcoder | nmse | L0 | dead | resampled | train s |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['layer']} | {r['d_transcoder']} | {r['nmse']:.3g} | {r['l0']:.2f} | {r['dead']} | "
+              f"{r['resampled']} | {r['seconds']} |")
+    kl = "-" if alone.kl is None else f"{alone.kl:.4g}"
+    print(f"replacement model ({len(layers)} MLP(s) replaced, no error terms): decoded agreement "
+          f"{alone.agreement:.1%}, mean KL {kl}; with error terms: max |logit difference| "
+          f"{kept.max_abs_logit_diff:.2g}")
+    if not args.quiet:
+        print(f"written: {args.out / TRANSCODERS}/ (circuit-tracer's layout), {args.out / TRANSCODE_REPORT}",
+              file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="prune", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -781,12 +896,26 @@ def main(argv=None) -> int:
                    help="do not draw each circuit (DIR/target-<t>/circuit.png and .svg; matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
+    t = sub.add_parser("transcode", help="train transcoders on a model's MLPs from a task's text, and score them")
+    t.add_argument("--model", required=True, type=nonempty, help="local checkpoint folder or hub name")
+    t.add_argument("--task", required=True, help="the generated task whose text the MLPs read")
+    t.add_argument("--out", type=_out_folder, required=True,
+                   help="a new folder: OUT/transcoders/ (circuit-tracer's layout) and OUT/transcode.json")
+    t.add_argument("--layers", default="all", help="all, or comma-separated MLP layers")
+    t.add_argument("--n", type=positive_int, default=200, help="examples of the task")
+    t.add_argument("--expansion", type=_expansion, default=4.0, help="features per MLP hidden unit")
+    t.add_argument("--steps", type=positive_int, default=None, help="training steps (default: fit_transcoder's)")
+    t.add_argument("--l1", type=_l1, default=None, help="sparsity coefficient (default: fit_transcoder's)")
+    t.add_argument("--seed", type=random_seed, default=0, help="the task's and the training's seed")
+    t.add_argument("--threads", type=_threads, default=2, help=f"torch CPU threads, 1 to {MAX_THREADS}")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_transcode)
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
         args, extra = parser.parse_known_args(argv)
         args.argv = argv  # `prune run --nproc N` starts N ranks of the same command
         if extra:  # refused by the subcommand's parser, so that its --help is the one named
-            which = {"run": p, "mib-export": e, "plan": q}.get(getattr(args, "command", None), parser)
+            which = {"run": p, "mib-export": e, "plan": q, "transcode": t}.get(getattr(args, "command", None), parser)
             which.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as done:  # --help, or a refusal ArgumentParser.error has printed
         return done.code if isinstance(done.code, int) else 0 if done.code is None else 2

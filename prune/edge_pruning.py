@@ -241,6 +241,11 @@ def _fingerprint(model: Transformer, examples: Examples) -> str:
     The same for a model in one process and sharded (its weights gathered whole: every rank calls this)."""
     h = hashlib.sha256()
     h.update(repr((model.graph.n_layers, model.graph.n_heads, model.cfg.d_model, model.cfg.vocab_size)).encode())
+    # A feature model (prune.transcoder): whether each transcoded layer keeps its error term is not a weight.
+    # Only then hashed, so an ordinary model's fingerprint (and its checkpoints) stays as it was.
+    kept = tuple((l, b.keep_error) for l, b in enumerate(model.blocks) if hasattr(b, "keep_error"))
+    if kept:
+        h.update(repr(("transcoded", model.graph.features, kept)).encode())
     state = sharding.full_state_dict(model) if sharding.is_sharded(model) else model.state_dict()
     for name, t in state.items():
         h.update(name.encode())

@@ -260,11 +260,11 @@ def test_top_k_mask_breaks_ties_in_graph_order():
 def test_compare_reports_own_and_finalized_circuits(tmp_path):
     from groundtruth.compare import compare
 
-    assert set(METHODS) == {"edge_pruning", "acdc", "eap", "eap_ig"}
-    rows = compare("edge_pruning,acdc,eap,eap_ig", "zero", programs="hist,frac_prevs", out_dir=tmp_path,
-                   plot="hist", quiet=True)
-    assert {(r["program"], r["method"]) for r in rows} == {
-        (p, m) for p in ("hist", "frac_prevs") for m in METHODS}
+    assert set(METHODS) == {"edge_pruning", "acdc", "eap", "eap_ig", "feature_attribution",
+                            "feature_attribution_invariant"}
+    four = ("edge_pruning", "acdc", "eap", "eap_ig")
+    rows = compare(",".join(four), "zero", programs="hist,frac_prevs", out_dir=tmp_path, plot="hist", quiet=True)
+    assert {(r["program"], r["method"]) for r in rows} == {(p, m) for p in ("hist", "frac_prevs") for m in four}
     md = (tmp_path / "compare.md").read_text()
     assert md.startswith("| program") and "auroc" in md and "eap_ig" in md and "finalizer evaluations" in md
     report = json.loads((tmp_path / "compare.json").read_text())

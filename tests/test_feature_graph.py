@@ -440,3 +440,17 @@ def test_scoring_refuses_a_matching_that_does_not_fit(shuffled_sort):
     plain = Circuit(graph=art.model.graph, edges=(), ablation="zero", model="sort", d_model=art.model.cfg.d_model)
     with pytest.raises(ValueError, match="the circuit's graph has 0 and the ground truth's 15 at layer 0"):
         score_feature_circuit(plain, truth, "zero", matches)
+
+
+def test_a_checkpoint_of_a_feature_model_is_refused_by_the_model_without_error_terms(tmp_path):
+    from prune.edge_pruning import CheckpointError, EdgePruner
+
+    art = artifact("frac_prevs")
+    cfg = EdgePruningConfig(steps=2)
+    with_error = feature_model(art.model, ideal_transcoders(art.model), keep_error=True)
+    without = feature_model(art.model, ideal_transcoders(art.model), keep_error=False)
+    assert with_error.graph == without.graph  # same graph, same weights: only the error term differs
+    path = EdgePruner(with_error, art.examples, ablation="zero", config=cfg).save(tmp_path / "c.safetensors")
+    EdgePruner(with_error, art.examples, ablation="zero", config=cfg).load(path)
+    with pytest.raises(CheckpointError, match="fingerprint"):
+        EdgePruner(without, art.examples, ablation="zero", config=cfg).load(path)
