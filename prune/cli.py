@@ -433,6 +433,10 @@ def _run_as_rank(args, targets, configs, run_dirs, record) -> int:
             if _lost_a_rank(err):  # another rank died mid-collective: the launcher names it, in one line
                 return 3
             raise
+        except KeyboardInterrupt:  # Ctrl-C reaches every rank: under `--nproc` the launcher alone says so
+            if rank == 0 and not os.environ.get(_LOCK_HELD):
+                raise
+            return 130
     finally:
         if lock is not None:
             os.close(lock)

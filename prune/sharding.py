@@ -131,10 +131,15 @@ def launch(argv: list[str], nproc: int, *, threads: int, env: dict[str, str] | N
     import sys
     import uuid
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # its reports: the caller words them
+    # Its reports (a failed rank, "Received 2 death signal"): the caller words them. Its modules' loggers have
+    # levels of their own, so each is quieted, not only the parent.
+    for name in ["torch.distributed.elastic", *logging.root.manager.loggerDict]:
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
     saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", *(env or {}))}
@@ -145,6 +150,8 @@ def launch(argv: list[str], nproc: int, *, threads: int, env: dict[str, str] | N
         first, _ = err.get_first_failure()  # the cause: the others were stopped after it
         failures = sorted(err.failures.items(), key=lambda item: item[0] != first)
         return {int(f.local_rank): int(f.exitcode) for _, f in failures}
+    except SignalException:  # Ctrl-C or SIGTERM: the agent has passed the signal on to the ranks and stopped them
+        raise KeyboardInterrupt from None
     finally:
         for k, v in saved.items():
             if v is None:

@@ -125,6 +125,29 @@ def test_a_killed_rank_stops_the_run_and_resuming_equals_an_uninterrupted_run(ch
     assert _temp_files(killed) == [] and _temp_files(whole) == []
 
 
+def test_ctrl_c_stops_every_rank_with_one_line_and_the_run_resumes(checkpoints, tmp_path):  # noqa: F811
+    # Ctrl-C in a terminal signals the whole foreground process group: the launcher and both ranks.
+    model, out = checkpoints["llama"], tmp_path / "interrupted"
+    checkpoint = out / "target-0.9" / "checkpoint.safetensors"
+    argv = _args(model, out, "0.9", STEPS, 2, "--no-draw", "--nproc", "2")
+    proc = subprocess.Popen([sys.executable, "-m", "prune.cli", *argv], cwd=ROOT, env=ENV, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        wait_for_checkpoint(proc, checkpoint, 180)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130
+    assert stderr.splitlines() == ["interrupted; continue from the last checkpoint with the same command and --resume"]
+    assert 0 < _checkpoint_step(checkpoint) < STEPS and _temp_files(out) == []
+    resumed = _prune(*argv, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from step" in resumed.stderr and (checkpoint.parent / "circuit.json").is_file()
+
+
 def test_a_checkpoint_of_another_rank_count_is_refused_both_ways(checkpoints, tmp_path, capsys):  # noqa: F811
     model = checkpoints["llama"]
     for written, resumed in ((2, 1), (1, 2)):
