@@ -47,6 +47,7 @@ LLAMA = {"norm": "rmsnorm", "activation": "silu", "gated_mlp": True, "positional
 # by an amount that depends on the order of allocations, not on the step. A fixed 1 MiB threshold hands
 # every tensor of 1 MiB or more back to the system when it is freed, so the peak is that of live memory.
 ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
+KEEP_FREED = "BENCH_PLAN_KEEP_FREED"  # --malloc kept: the child calls prune.allocator.keep_freed_memory first
 CASES = [  # (name, config, batch, seq, examples)
     ("gpt2-like 6x8x512", {"vocab_size": 10000, "d_model": 512, "n_layers": 6, "n_heads": 8, "d_head": 64,
                            "d_mlp": 2048, "n_positions": 128, **GPT2}, 16, 64, 16),
@@ -108,6 +109,10 @@ def child(config: dict, batch: int, seq: int, examples: int) -> dict:
     from prune.model import TransformerConfig
     from prune.plan import plan_step, process_resident_bytes
 
+    if os.environ.get(KEEP_FREED):  # as `prune run` does: freed memory stays resident (prune.allocator)
+        from prune.allocator import keep_freed_memory
+
+        keep_freed_memory()
     torch.set_num_threads(2)
     runtime = process_resident_bytes()
     cfg = TransformerConfig(**config)
@@ -223,13 +228,41 @@ def _measure(case: list, env: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def main_kept(json_path: Path | None) -> int:
+    """The resident peak of each case with freed memory kept (``prune.allocator``), over its plan: what
+    ``prune run``'s ``SLACK`` must cover. Exit 1 when a ratio exceeds that ``SLACK``."""
+    from prune.cli import SLACK
+
+    load = os.getloadavg()[0]
+    rows = []
+    for name, config, batch, seq, n in CASES:
+        r = _measure([config, batch, seq, n], {KEEP_FREED: "1"})
+        r.update(name=name, config=config, batch=batch, seq=seq, examples=n, ratio=r["peak_bytes"] / r["plan_bytes"])
+        rows.append(r)
+        print(f"{name}, batch {batch} x {seq}, {n} examples: resident peak with freed memory kept "
+              f"{r['peak_bytes'] / 2**30:.3f} GiB, planned {r['plan_bytes'] / 2**30:.3f} GiB: "
+              f"{r['ratio']:.3f}x the plan", flush=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    record = {"command": "bench/plan.py --malloc kept", "commit": commit.stdout.strip(),
+              "date": time.strftime("%Y-%m-%d"), "load_average_at_start": load,
+              "machine": f"{os.cpu_count()} cores, {platform.machine()}", "threads": 2, "slack": SLACK, "rows": rows}
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(record, indent=1) + "\n")
+    return 0 if all(r["ratio"] <= SLACK for r in rows) else 1
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", type=Path)
     p.add_argument("--nproc", type=int, default=1, help="ranks: above 1, the sharded (FSDP) cases")
+    p.add_argument("--malloc", choices=["fixed", "kept"], default="fixed",
+                   help="kept: only the resident peak with freed memory kept, as prune run's (its SLACK)")
     args = p.parse_args(argv)
     if args.nproc > 1:
         return main_sharded(args.nproc, args.json)
+    if args.malloc == "kept":
+        return main_kept(args.json)
     load = os.getloadavg()[0]
     rows = []
     for name, config, batch, seq, n in CASES:
