@@ -25,7 +25,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-# The slow tests: recovery of every library program over ten seeds, both ablations.
+# The slow tests: recovery of every library program and every variant over ten seeds, both ablations.
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
