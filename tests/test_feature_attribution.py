@@ -180,3 +180,20 @@ def test_compare_on_feature_graphs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--draw" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_compare_on_the_feature_graphs_of_compressed_variants(tmp_path, capsys):
+    import json
+
+    from groundtruth.artifacts import VARIANT_ROOT, load_artifact
+    from groundtruth.cli import main
+
+    threads = torch.get_num_threads()
+    try:
+        assert main(["compare", "--graph", "features", "--variant", "compressed", "--methods", "eap", "--programs",
+                     "count", "--out", str(tmp_path), "--quiet"]) == 0, capsys.readouterr().err
+    finally:
+        torch.set_num_threads(threads)
+    (row,) = json.loads((tmp_path / "compare.json").read_text())["rows"]
+    truth = feature_truth(load_artifact(VARIANT_ROOT / "count@compressed"), ablations=("zero",))
+    assert row["program"] == "count@compressed" and row["gt edges"] == len(truth.functional("zero"))
