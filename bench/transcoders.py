@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import json
 import math
 import os
@@ -40,10 +41,10 @@ from prune.transcoder import (  # noqa: E402
     replacement_faithfulness,
 )
 
-RECIPE = dict(l1=0.03, sparsity_p=0.5, weight_decay=0.3, steps=3000, lr=3e-3, batch=1024, seed=0)
+RECIPE = dict(steps=3000, seed=0)  # the rest: fit_transcoder's defaults (recorded in the json per layer)
 EXPANSION = 2.0
 SUMMED = ("evaluable", "recovered", "functional", "recovered_raw", "dead", "dense", "never_fire", "constant",
-          "trained")
+          "silent", "trained")
 
 
 def true_width(block) -> int:
@@ -57,7 +58,8 @@ def bench_layer(model, ex, layer: int, width: int) -> tuple[Transcoder, dict]:
     m, raw = match_features(tc, true, x), match_features(tc, true, x, span="raw")
     return tc, {"layer": layer, "width": width, "inputs": len(x), **m.summary(),
                 "recovered_raw": len(raw.recovered), "nmse": tc.log.nmse, "l0": tc.log.l0,
-                "resampled": tc.log.resampled, "seconds": tc.log.seconds}
+                "resampled": tc.log.resampled, "init": tc.log.init, "best_step": tc.log.best_step,
+                "recipe": tc.log.recipe, "seconds": tc.log.seconds}
 
 
 def bench_program(name: str) -> dict | None:
@@ -80,6 +82,25 @@ def bench_program(name: str) -> dict | None:
             "ideal_max_diff": ideal.max_abs_logit_diff, "seconds": sum(r["seconds"] for r in layers)}
 
 
+def dirty_files() -> list[str]:
+    """Tracked files under prune/ and bench/ that differ from the commit (the code benchmarked is the tree's)."""
+    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "prune", "bench/transcoders.py"],
+                         capture_output=True, text=True, cwd=ROOT).stdout
+    return sorted(line[3:] for line in out.splitlines() if line.strip())
+
+
+def render(meta: dict, rows: list[dict]) -> str:
+    return "\n".join(header(meta, rows) + table(rows)) + "\n"
+
+
+def fit_defaults() -> dict:
+    """``fit_transcoder``'s keyword defaults that shape the recipe (not ``progress``, ``log_every``)."""
+    sig = inspect.signature(fit_transcoder)
+    return {k: p.default for k, p in sig.parameters.items()
+            if p.kind is p.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
+            and k not in ("progress", "log_every", "activation", "k")}
+
+
 def pct(a, b):
     return f"{100 * a / b:.0f}%" if b else "-"
 
@@ -93,19 +114,28 @@ def header(meta: dict, rows: list[dict]) -> list[str]:
         "# Transcoders on the compiled library (`bench/transcoders.py`)", "",
         "| | |", "|---|---|",
         f"| command | `{meta['command']}` |",
-        f"| commit | `{meta['commit']}` (the code benchmarked; these results were committed after it) |",
+        f"| commit | `{meta['commit']}` (the code benchmarked; these results were committed after it)"
+        + (f", with uncommitted changes to {', '.join(f'`{f}`' for f in meta['dirty'])}" if meta.get("dirty") else "")
+        + " |",
         f"| date | {meta['date']} |", f"| threads | {meta['threads']} torch thread, one process |",
-        f"| machine load | `uptime` at the start: `{meta['load']}`; the 2 cores were shared with another "
-        f"engineer's work throughout, so the seconds are indicative only |",
+        f"| machine load | `uptime` at the start: `{meta['load']}`; the 2 cores were shared with other "
+        f"engineers' work throughout, so the seconds are indicative only |",
         f"| machine | {meta['machine']} |", f"| wall time | {meta['wall_seconds']:.0f} s |",
-        f"| recipe | expansion {EXPANSION} x the layer's true width; `{RECIPE}` |", "",
+        f"| recipe | expansion {EXPANSION} x the layer's true width; `fit_transcoder` defaults "
+        f"`{meta['defaults']}`, given `{RECIPE}` |", "",
         f"Over {len(rows)} programs with an MLP: {rec}/{ev} evaluable true features recovered "
         f"({pct(rec, ev)}; encoder and decoder cosine >= 0.9, encoders compared in the span of the centred "
         f"inputs); {fun}/{ev} ({pct(fun, ev)}) matched functionally (decoder cosine and activation "
         f"correlation >= 0.9). Targets: >= 95% recovered on every program, met on {hit_rec}/{len(rows)}; "
         f"the replacement model without error terms decoding >= 99% of inputs, met on {hit_dec}/{len(rows)}.", "",
-        "Columns: *true* = evaluable true features (hidden units that fire and vary on the evaluation set; "
-        "never-firing and constant ones are counted apart), *rec* = recovered by cosines (data span), *raw* = "
+        f"Silent true features (hidden units that fire and vary but whose decoder row is zero: they write "
+        f"nothing, and the ideal transcoder matched against itself does not recover them) are counted apart "
+        f"since `match_features` lists them as `silent`: {sum(r['silent'] for r in rows)} of "
+        f"{sum(r['silent'] + r['evaluable'] for r in rows)} that fire and vary (counting them, "
+        f"{rec}/{sum(r['silent'] + r['evaluable'] for r in rows)} recovered).", "",
+        "Columns: *true* = evaluable true features (hidden units that fire, vary and write on the evaluation "
+        "set; never-firing, constant and silent ones are counted apart), *rec* = recovered by cosines (data span), "
+        "*raw* = "
         "recovered with raw encoder cosines, *func* = functional match, *dead*/*dense* = trained features "
         "never active / active on > 50% of inputs, *agree* = replacement model (no error terms) decoding "
         "alike, *KL* = mean KL(original || replacement) at answer positions, *err* = max |logit difference| "
@@ -114,24 +144,26 @@ def header(meta: dict, rows: list[dict]) -> list[str]:
 
 
 def table(rows: list[dict]) -> list[str]:
-    lines = ["| program | MLP layers | true | never / constant | rec | raw | func | dead | dense | agree | KL "
+    lines = ["| program | MLP layers | true | never / constant / silent | rec | raw | func | dead | dense | agree | KL "
              "| err | ideal | train s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         kl = "-" if r["kl"] is None else f"{r['kl']:.2g}"
         lines.append(
-            f"| {r['program']} | {len(r['layers'])} | {r['evaluable']} | {r['never_fire']} / {r['constant']} | "
+            f"| {r['program']} | {len(r['layers'])} | {r['evaluable']} | {r['never_fire']} / {r['constant']} / "
+            f"{r['silent']} | "
             f"{r['recovered']} ({pct(r['recovered'], r['evaluable'])}) | {r['recovered_raw']} | "
             f"{r['functional']} ({pct(r['functional'], r['evaluable'])}) | {r['dead']} | {r['dense']} | "
             f"{100 * r['agreement']:.1f}% | {kl} | {r['error_term_max_diff']:.1g} | "
             f"{100 * r['ideal_agreement']:.0f}% | {r['seconds']:.1f} |")
-    lines += ["", "Per layer (true width, inputs, final normalised MSE, mean active features L0, resampled):", "",
-              "| program | layer | width | inputs | true | rec | func | nmse | L0 | resampled |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "Per layer (true width, inputs, final normalised MSE, mean active features L0, resampled, the "
+              "initialisation kept by `init=\"best\"` and the step its weights are from, -1 the last):", "",
+              "| program | layer | width | inputs | true | rec | func | nmse | L0 | resampled | init | step |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         for q in r["layers"]:
             lines.append(f"| {r['program']} | {q['layer']} | {q['width']} | {q['inputs']} | {q['evaluable']} | "
                          f"{q['recovered']} | {q['functional']} | {q['nmse']:.1e} | {q['l0']:.2f} | "
-                         f"{q['resampled']} |")
+                         f"{q['resampled']} | {q['init']} | {q['best_step']} |")
     return lines
 
 
@@ -145,10 +177,10 @@ def main(argv=None):
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     meta = {"command": ".venv/bin/python bench/transcoders.py" + (f" --programs {args.programs}" if args.programs
                                                                    else ""),
-            "commit": commit.stdout.strip(), "date": datetime.date.today().isoformat(),
+            "commit": commit.stdout.strip(), "dirty": dirty_files(), "date": datetime.date.today().isoformat(),
             "threads": torch.get_num_threads(), "machine": f"{os.cpu_count()} cores ({platform.machine()})",
             "load": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
-            "recipe": RECIPE, "expansion": EXPANSION}
+            "recipe": RECIPE, "expansion": EXPANSION, "defaults": fit_defaults()}
     t0, rows = time.perf_counter(), []
     for name in names:
         row = bench_program(name)
@@ -162,7 +194,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "transcoders.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    (out / "transcoders.md").write_text("\n".join(header(meta, rows) + table(rows)) + "\n")
+    (out / "transcoders.md").write_text(render(meta, rows))
 
 
 if __name__ == "__main__":
