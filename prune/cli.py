@@ -755,6 +755,9 @@ def cmd_plan(args) -> int:
 
 
 TRANSCODERS, TRANSCODE_REPORT = "transcoders", "transcode.json"
+# prune transcode's training: an L1 penalty on activations times decoder norms, from sampled inputs, constant lr
+# (the first recipe of bench/results/transcoders.md); --l1 and --steps override.
+LANGUAGE_MODEL_RECIPE = {"l1": 0.03, "weight_decay": 0.3, "lr": 3e-3, "schedule": "constant", "init": "sample"}
 
 
 def _layers(text: str, n_layers: int) -> list[int]:
@@ -808,7 +811,10 @@ def cmd_transcode(args) -> int:
         except (FileNotFoundError, ValueError, MemoryError, NotImplementedError, OSError) as err:
             raise UsageError(f"cannot load {args.model!r} or make task {args.task!r}: {err}") from None
         ex = task.examples
-        recipe = {k: v for k, v in (("steps", args.steps), ("l1", args.l1)) if v is not None}
+        # A language model's MLP has no exact sparse decomposition for the library's data-driven starts to find,
+        # and reconstruction alone gives dense features: the sparse recipe (docs/transcoders.md) by default.
+        given = {k: v for k, v in (("steps", args.steps), ("l1", args.l1)) if v is not None}
+        recipe = {**LANGUAGE_MODEL_RECIPE, **given}
         transcoders, rows = {}, []
         for layer in layers:
             try:
@@ -911,7 +917,7 @@ def main(argv=None) -> int:
     t.add_argument("--n", type=positive_int, default=200, help="examples of the task")
     t.add_argument("--expansion", type=_expansion, default=4.0, help="features per MLP hidden unit")
     t.add_argument("--steps", type=positive_int, default=None, help="training steps (default: fit_transcoder's)")
-    t.add_argument("--l1", type=_l1, default=None, help="sparsity coefficient (default: fit_transcoder's)")
+    t.add_argument("--l1", type=_l1, default=None, help="sparsity coefficient (default 0.03)")
     t.add_argument("--seed", type=random_seed, default=0, help="the task's and the training's seed")
     t.add_argument("--threads", type=_threads, default=2, help=f"torch CPU threads, 1 to {MAX_THREADS}")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
