@@ -637,24 +637,23 @@ def _gib(text: str) -> float:
     return value
 
 
-def _expansion(text: str) -> float:
+def _finite(text: str, ok, what: str) -> float:
+    """``text`` as a finite float for which ``ok(value)`` holds, else argparse's refusal naming ``what``."""
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of features per MLP hidden unit")
+    if not (math.isfinite(value) and ok(value)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
     return value
+
+
+def _expansion(text: str) -> float:
+    return _finite(text, lambda v: v > 0, "a positive number of features per MLP hidden unit")
 
 
 def _l1(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite coefficient >= 0")
-    return value
+    return _finite(text, lambda v: v >= 0, "a finite coefficient >= 0")
 
 
 def _threads(text: str) -> int:

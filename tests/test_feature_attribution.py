@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from test_feature_graph import random_transcoder
 
 from conftest import artifact, random_model
 from groundtruth.feature_truth import feature_truth, ideal_transcoders
@@ -19,18 +20,9 @@ from prune.feature_attribution import (
     linearised,
 )
 from prune.model import TransformerConfig
-from prune.transcoder import Transcoder, TranscoderConfig, feature_model
+from prune.transcoder import feature_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def transcoder(layer, T, seed, D=8):
-    torch.manual_seed(seed)
-    tc = Transcoder(TranscoderConfig(d_model=D, d_transcoder=T, layer=layer)).double()
-    with torch.no_grad():
-        for p in tc.parameters():
-            p.normal_(0, 0.5)
-    return tc.requires_grad_(False)
 
 
 def two_layer_feature_model(*, norm="none", frozen_attention=False, d_out=None, seed=0):
@@ -43,7 +35,8 @@ def two_layer_feature_model(*, norm="none", frozen_attention=False, d_out=None, 
                 for name in ("W_Q", "W_K", "b_Q", "b_K"):
                     getattr(block, name).zero_()
     # No error terms: m{l}.err is b_dec alone, so every path into a layer's reader runs through its features.
-    return feature_model(model, {0: transcoder(0, 5, 1), 1: transcoder(1, 4, 2)}, keep_error=False)
+    tcs = {0: random_transcoder(0, T=5, seed=1), 1: random_transcoder(1, T=4, seed=2)}
+    return feature_model(model, tcs, keep_error=False)
 
 
 def examples(kind="categorical", n=6, seed=0):
