@@ -17,7 +17,6 @@ import argparse
 import datetime
 import inspect
 import json
-import math
 import os
 import platform
 import subprocess
@@ -32,28 +31,21 @@ sys.path.insert(0, str(ROOT))
 
 from groundtruth.artifacts import load_artifact  # noqa: E402
 from groundtruth.registry import library  # noqa: E402
+from groundtruth.transcoders import EXPANSION, RECIPE, fit_layer, true_width  # noqa: E402
 from prune.transcoder import (  # noqa: E402
     Transcoder,
     fit_transcoder,
     match_features,
-    mlp_activations,
     replace_mlps,
     replacement_faithfulness,
 )
 
-RECIPE = dict(steps=3000, seed=0)  # the rest: fit_transcoder's defaults (recorded in the json per layer)
-EXPANSION = 2.0
 SUMMED = ("evaluable", "recovered", "functional", "recovered_raw", "dead", "dense", "never_fire", "constant",
           "silent", "trained")
 
 
-def true_width(block) -> int:
-    return int(((block.W_in.abs().sum(0) > 0) | (block.W_out.abs().sum(1) > 0)).sum())
-
-
 def bench_layer(model, ex, layer: int, width: int) -> tuple[Transcoder, dict]:
-    x, y = mlp_activations(model, layer, ex.clean, ex.valid)
-    tc = fit_transcoder(x, y, layer=layer, d_transcoder=math.ceil(EXPANSION * width), progress=False, **RECIPE)
+    tc, x = fit_layer(model, ex, layer, width, **RECIPE)  # the recipe's one definition (groundtruth.transcoders)
     true = Transcoder.from_mlp(model.blocks[layer], layer)
     m, raw = match_features(tc, true, x), match_features(tc, true, x, span="raw")
     return tc, {"layer": layer, "width": width, "inputs": len(x), **m.summary(),

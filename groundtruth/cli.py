@@ -17,6 +17,9 @@
                       [--draw DIR] [--variant KIND]
                                                 every method on the library (or its built variants of KIND),
                                                 its own circuit and the finalized one
+  groundtruth transcoders [PROGRAM ...] [--ablation zero] [--methods M,...] [--steps N] [--seed S] [--out DIR]
+                                                train transcoders on each program's MLPs, run every method on
+                                                their feature graph, score against the feature-level ground truth
   groundtruth report TABLE.json [--out FILE]    one static HTML page of a compare or recovery table, sortable,
                                                 each row linked to its drawing and circuit JSON
 
@@ -492,6 +495,29 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_transcoders(args) -> int:
+    import torch
+
+    from groundtruth.compare import _resolve_methods
+    from groundtruth.transcoders import OUT_STEM, resolve_programs, transcoder_circuits
+    from prune.files import check_writable_folder
+
+    _resolve_methods(args.methods)
+    if args.out is not None:
+        check_writable_folder(args.out, "--out")
+    names, skipped = resolve_programs(args.programs)
+    torch.set_num_threads(args.threads)
+    transcoder_circuits(names, args.ablation, args.methods, steps=args.steps, seed=args.seed, out_dir=args.out,
+                        quiet=args.quiet, skipped=skipped)
+    if args.out is not None and not args.quiet:
+        print(f"written: {args.out / f'{OUT_STEM}.md'}, {args.out / f'{OUT_STEM}.json'}", file=sys.stderr)
+    return 0
+
+
+def _steps(text: str) -> int:
+    return parse_int(text, "", minimum=1, maximum=1_000_000)
+
+
 def _width(text: str) -> int:
     return parse_int(text, "", minimum=1)
 
@@ -583,6 +609,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_threads, default=DEFAULT_THREADS, help=f"torch CPU threads, 1 to {MAX_THREADS}")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("transcoders", help="every method on trained transcoders' feature graphs, scored against "
+                                          "the feature-level ground truth")
+    p.add_argument("programs", nargs="*", help="library programs with an MLP (default: every one)")
+    p.add_argument("--ablation", type=_ablation, default="zero", help="zero, mean or resample")
+    p.add_argument("--methods", help="comma-separated method names (default: all six)",
+                   default="edge_pruning,acdc,eap,eap_ig,feature_attribution,feature_attribution_invariant")
+    p.add_argument("--steps", type=_steps, default=3000, help="training steps per transcoder start (default 3000)")
+    p.add_argument("--seed", type=_one_seed, default=0, help="one seed: training and methods (default 0)")
+    p.add_argument("--out", type=Path, default=None, help="folder for transcoder-circuits.md/.json (default: none)")
+    p.add_argument("--threads", type=_threads, default=DEFAULT_THREADS, help=f"torch CPU threads, 1 to {MAX_THREADS}")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_transcoders)
     p = sub.add_parser("report", help="one static HTML page of a compare or recovery table, linked to drawings")
     p.add_argument("table", type=Path, help="compare.json (groundtruth compare --draw) or a recover --report file")
     p.add_argument("--out", type=Path, default=None, help="the HTML file (default: report.html beside TABLE)")
