@@ -35,15 +35,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import torch
 
 from prune.data import Examples
 from prune.model import Transformer
 
-__all__ = ["fold", "read_through", "residual_basis", "read_basis", "principal_directions", "Compression", "compress",
+__all__ = ["LIVE_SCALES", "live_intervals", "live_sharing",
+           "fold", "read_through", "residual_basis", "read_basis", "principal_directions", "Compression", "compress",
            "Perturbation", "perturb"]
 
+# Scales tried in turn by the live-sharing stage of compress, smallest (the most interference) first.
+LIVE_SCALES = (10.0, 100.0, 1000.0, 10000.0)
 _READS = ("W_Q", "W_K", "W_V", "W_in", "W_gate")
 _WRITES = ("W_O", "b_O", "W_out", "b_out")
 
@@ -200,6 +204,89 @@ def _masked_agrees(model: Transformer, examples: Examples, full: torch.Tensor) -
         return bool(examples.agree(ev.logits(torch.ones(model.graph.n_edges)), full).all())
 
 
+def _accept(trained: Transformer, W: torch.Tensor, examples: Examples, full: torch.Tensor):
+    """``(folded, agreement)`` of the model that reads ``trained`` through ``W``, checked on the folded model
+    itself (not only the path that trained it) and in masked mode: an output exact in plain mode but not
+    in masked mode with every edge kept sits so close to a boundary that it flips on the rounding of
+    another summation order, and no ground truth could be derived; it counts as one example short."""
+    folded = fold(trained, W.detach())
+    with torch.no_grad():
+        agreement = examples.agree(folded(examples.clean, attention_mask=examples.valid), full).float().mean().item()
+    if agreement == 1.0 and not _masked_agrees(folded, examples, full):
+        agreement = 1.0 - 1.0 / len(examples)
+    return folded, agreement
+
+
+def live_intervals(model: Transformer, *, tol: float = 0.0) -> list[tuple[int, int] | None]:
+    """Per compiled direction, ``(first write, last read)`` in the order the model runs its components
+    (0 the embedding, ``2l + 1`` attention ``l``, ``2l + 2`` MLP ``l``, ``2L + 1`` the unembedding), read
+    off the weights: a direction is written by a component whose output weights are nonzero there and read
+    by one whose input weights are. ``None`` for a direction never written or never read (no reader needs
+    it). A direction is live for the readers after its first write up to its last read: two whose live
+    ranges do not overlap can share a dimension."""
+    L, D = len(model.blocks), model.cfg.d_model
+    nz = lambda t, dims: (t.detach().abs().sum(dims) if dims is not None else t.detach().abs()) > tol  # noqa: E731
+    writes = torch.zeros(2 * L + 2, D, dtype=torch.bool)
+    reads = torch.zeros(2 * L + 2, D, dtype=torch.bool)
+    writes[0] = nz(model.W_E, 0) | nz(model.W_pos, 0)
+    for i, b in enumerate(model.blocks):
+        writes[2 * i + 1] = nz(b.W_O, (0, 1)) | (nz(b.b_O, None) if b.b_O is not None else False)
+        reads[2 * i + 1] = nz(b.W_Q, (0, 2)) | nz(b.W_K, (0, 2)) | nz(b.W_V, (0, 2))
+        writes[2 * i + 2] = nz(b.W_out, 0) | (nz(b.b_out, None) if b.b_out is not None else False)
+        reads[2 * i + 2] = nz(b.W_in, 1) | (nz(b.W_gate, 1) if b.W_gate is not None else False)
+    reads[2 * L + 1] = nz(model.W_U, 1)
+    out: list[tuple[int, int] | None] = []
+    for i in range(D):
+        w, r = writes[:, i].nonzero().flatten(), reads[:, i].nonzero().flatten()
+        out.append((int(w.min()), int(r.max())) if len(w) and len(r) else None)
+    return out
+
+
+def live_sharing(model: Transformer) -> tuple[list[int | None], list[int]]:
+    """A dimension for every compiled direction, shared by directions whose live ranges do not overlap
+    (:func:`live_intervals`; greedy colouring of the intervals in order of first write, which needs as many
+    dimensions as the most directions live at once), and each direction's rank: how many directions had
+    its dimension before it. ``(dimension per direction or None, rank per direction)``."""
+    live = live_intervals(model)
+    slots: list[tuple[int, int]] = []  # per dimension: (last read of its current direction, its rank)
+    dim: list[int | None] = [None] * len(live)
+    rank = [0] * len(live)
+    for i in sorted((i for i, v in enumerate(live) if v is not None), key=lambda i: (*live[i], i)):
+        first_write, last_read = live[i]
+        free = [k for k, (end, _) in enumerate(slots) if end <= first_write]  # read, at the latest, by the writer
+        if free:
+            k = min(free, key=lambda k: (slots[k][1], slots[k][0], k))  # the lowest rank keeps scales small
+            dim[i], rank[i] = k, slots[k][1] + 1
+        else:
+            k = dim[i] = len(slots)
+            slots.append((0, -1))
+        slots[k] = (last_read, rank[i])
+    return dim, rank
+
+
+def _rescaled(model: Transformer, scale: torch.Tensor) -> Transformer:
+    """``model`` with compiled direction ``i`` written ``scale[i]`` times larger and read ``scale[i]`` times
+    smaller: the same function (no norm), a change of scale of each residual coordinate."""
+    out = copy.deepcopy(model)
+    s = scale.to(model.W_E.dtype)
+    with torch.no_grad():
+        out.W_E.mul_(s)
+        out.W_pos.mul_(s)
+        out.W_U.div_(s[:, None])
+        for b in out.blocks:
+            b.W_O.mul_(s)
+            b.W_out.mul_(s)
+            for bias in (b.b_O, b.b_out):
+                if bias is not None:
+                    bias.mul_(s)
+            for w in (b.W_Q, b.W_K, b.W_V):
+                w.div_(s[None, :, None])
+            b.W_in.div_(s[:, None])
+            if b.W_gate is not None:
+                b.W_gate.div_(s[:, None])
+    return out.requires_grad_(False)
+
+
 def compress(model: Transformer, examples: Examples, width: int, *, learning_rates=(1e-3, 3e-4, 1e-4),
              steps: int = 1500, patience: int = 300, reconstruction: float = 0.1) -> Compression:
     """The compiled ``model`` at residual width ``width``, decoding every example exactly (module doc).
@@ -234,15 +321,7 @@ def compress(model: Transformer, examples: Examples, width: int, *, learning_rat
                 logits, states = read_through(trained, W, examples.clean, examples.valid)
                 agreement = examples.agree(logits.detach(), full).float().mean().item()
                 if agreement == 1.0:
-                    folded = fold(trained, W.detach())
-                    with torch.no_grad():  # the folded model itself, not only the path that trained it
-                        agreement = examples.agree(folded(examples.clean, attention_mask=examples.valid),
-                                                   full).float().mean().item()
-                    if agreement == 1.0 and not _masked_agrees(folded, examples, full):
-                        # Exact in plain mode but not in masked mode with every edge kept: an output this
-                        # close to a boundary flips on the rounding of another summation order, and no
-                        # ground truth could be derived. Train on.
-                        agreement = 1.0 - 1.0 / len(examples)
+                    folded, agreement = _accept(trained, W, examples, full)
                     if agreement == 1.0:
                         recipe = {"init": init, "stage": stage,
                                   "trained": "W" if stage == "frozen" else "W and every weight",
@@ -261,9 +340,64 @@ def compress(model: Transformer, examples: Examples, width: int, *, learning_rat
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+    common = {"reconstruction": reconstruction, "learning_rates": list(learning_rates), "max_steps": steps,
+              "patience": patience}
+    # Stage 3, where neither decodes at any rate: W and every weight from the same start, the first rate
+    # annealed to zero on a cosine over twice the steps, no patience (a constant rate plateaus where the
+    # annealed one settles: sort, sort_unique and shuffle_dyck at 0.75 D).
+    lr0, n = learning_rates[0], 2 * steps
+    trained = copy.deepcopy(compiled).requires_grad_(True)
+    W = W0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([W, *trained.parameters()], lr=lr0)
+    for step in range(n + 1):
+        for group in opt.param_groups:
+            group["lr"] = lr0 * 0.5 * (1.0 + math.cos(math.pi * step / n))
+        logits, states = read_through(trained, W, examples.clean, examples.valid)
+        agreement = examples.agree(logits.detach(), full).float().mean().item()
+        if agreement == 1.0:
+            folded, agreement = _accept(trained, W, examples, full)
+            if agreement == 1.0:
+                recipe = {"init": init, "stage": "annealed", "trained": "W and every weight",
+                          "optimizer": "Adam, full batch, cosine-annealed rate", "lr": lr0, "steps": step,
+                          "annealed_steps": n, **common}
+                return Compression(model=folded, W=W.detach().clone(), width=width, agreement=1.0, recipe=recipe)
+        best = max(best, (agreement, "annealed", lr0), key=lambda b: b[0])
+        if step == n:
+            break
+        loss = _loss(examples, logits, full, labels, states, targets, reconstruction)
+        if not torch.isfinite(loss):
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    # Stage 4: no training. Directions whose live ranges do not overlap share a dimension (live_sharing);
+    # the compiled weights write each direction alpha^rank times larger and read it as much smaller, so a
+    # reader sees its own direction plus what earlier, dead ones left there, alpha times smaller or more.
+    dim, rank = live_sharing(compiled)
+    live_width = 1 + max((k for k in dim if k is not None), default=-1)
+    if width >= live_width:
+        W = torch.zeros(width, D, dtype=model.W_E.dtype)
+        for i, k in enumerate(dim):
+            if k is not None:
+                W[k, i] = 1.0
+        for alpha in LIVE_SCALES:
+            shared = _rescaled(compiled, torch.tensor([alpha ** r for r in rank], dtype=torch.float64))
+            folded, agreement = _accept(shared, W, examples, full)
+            if agreement == 1.0:
+                recipe = {"init": f"live sharing: {live_width} dimensions, each shared by directions whose live "
+                                  f"ranges do not overlap", "stage": "live sharing",
+                          "trained": "nothing: the compiled weights, each direction written alpha^rank times "
+                                     "larger and read as much smaller",
+                          "optimizer": None, "lr": None, "steps": 0, "alpha": alpha, "live_width": live_width,
+                          "max_rank": max(rank), **common}
+                return Compression(model=folded, W=W, width=width, agreement=1.0, recipe=recipe)
+            best = max(best, (agreement, "live sharing", alpha), key=lambda b: b[0])
+    where = {"frozen": "frozen weights, learning rate {:g}", "fine-tuned": "fine-tuned weights, learning rate {:g}",
+             "annealed": "fine-tuned weights, learning rate {:g} annealed", "live sharing": "live sharing, scale {:g}"}
     raise ValueError(f"no compression to width {width} of {D} decodes every example: the best agreement was "
-                     f"{best[0]:.3f} ({best[1]} weights, learning rate {best[2]:g}, at most {steps} steps each); "
-                     f"try a wider width or more steps")
+                     f"{best[0]:.3f} ({where[best[1]].format(best[2])}; at most {steps} steps each rate, "
+                     f"{2 * steps} annealed; live sharing needs {live_width} dimensions); try a wider width or "
+                     f"more steps")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
