@@ -121,6 +121,79 @@ def test_compress_refusals_name_the_value():
         compress(art.model, art.examples, 3, steps=5)
 
 
+
+@pytest.mark.parametrize("name", sorted(library()))
+def test_live_sharing_gives_a_dimension_to_directions_whose_live_ranges_do_not_overlap(name):
+    """Read off the weights: two directions share a dimension only when the first is read for the last time
+    no later than the second is first written; as many dimensions as directions live at once, at most."""
+    from groundtruth.variants import live_intervals, live_sharing
+
+    model = artifact(name).model
+    live = live_intervals(model)
+    dim, rank = live_sharing(model)
+    assert [k is None for k in dim] == [v is None for v in live]
+    points = range(1, 2 * len(model.blocks) + 2)  # every reader: attention and MLP of each layer, the unembedding
+    most = max(sum(1 for v in live if v is not None and v[0] < p <= v[1]) for p in points)
+    assert 1 + max(k for k in dim if k is not None) == most  # greedy colouring of intervals is optimal
+    for k in set(dim) - {None}:
+        held = sorted((rank[i], live[i]) for i in range(len(dim)) if dim[i] == k)
+        assert [r for r, _ in held] == list(range(len(held)))  # each later holder one rank up
+        assert all(a[1] <= b[0] for (_, a), (_, b) in zip(held, held[1:]))  # dead before the next is written
+
+
+def test_live_sharing_named_values():
+    """prefix_count_a_causal: MLP 0 reads the tokens and writes with_index (15 values), attention 1 reads
+    with_index and writes the selector width, MLP 1 reads that and writes prefix_count_a (6 values), which
+    only the unembedding reads: 22 directions are live at attention 1, 22 dimensions."""
+    from groundtruth.variants import live_intervals, live_sharing
+
+    art = artifact("prefix_count_a_causal")
+    live = dict(zip(art.config["residual_labels"], live_intervals(art.model), strict=True))
+    assert live["tokens:a"] == (0, 2) and live["with_index_3:('a', 0)"] == (2, 3) and live["one"] == (0, 4)
+    assert live["prefix_count_a_1_selector_width_attn_output"] == (3, 4) and live["prefix_count_a_1:5"] == (4, 5)
+    assert live["tokens:compiler_pad"] is None  # written by the embedding, read by nobody
+    dim, rank = live_sharing(art.model)
+    assert 1 + max(k for k in dim if k is not None) == 22 and max(rank) == 1
+
+
+def test_compress_by_live_sharing_where_training_does_not_decode():
+    """prefix_count_a_causal at 22 of 33 (its read basis is 30): a step of training decodes nothing, live
+    sharing does, at the smallest scale that decodes; one dimension fewer than the live width is refused."""
+    from groundtruth.variants import compress
+
+    art = artifact("prefix_count_a_causal")
+    model, ex = art.model, art.examples
+    assert read_basis(model, ex).shape[0] == 30
+    one = compress(model, ex, 22, steps=1)
+    assert one.recipe["stage"] == "live sharing" and one.recipe["live_width"] == 22 and one.agreement == 1.0
+    assert one.recipe["alpha"] == 1000.0  # scales 10 and 100 leave some example wrong
+    with torch.no_grad():
+        full = model(ex.clean, attention_mask=ex.valid)
+        assert bool(ex.agree(one.model(ex.clean, attention_mask=ex.valid), full).all())
+    # Every column of W a unit vector on one dimension (a direction of some reader) or zero (read by none).
+    assert set(one.W.abs().sum(0).tolist()) <= {0.0, 1.0} and bool((one.W.ne(0).sum(0) <= 1).all())
+    shared = one.W.ne(0).sum(1)
+    assert int(shared.max()) > 1  # some dimension holds more than one direction: they interfere
+    two = compress(model, ex, 22, steps=1)
+    assert all(torch.equal(a, b) for a, b in zip(one.model.state_dict().values(), two.model.state_dict().values(),
+                                                 strict=True))
+    with pytest.raises(ValueError, match=r"width 21 of 33 decodes every example.*live sharing needs 22 dimensions"):
+        compress(model, ex, 21, steps=1)
+
+
+@pytest.mark.slow
+def test_compress_with_an_annealed_rate_where_constant_rates_plateau():
+    """sort_unique at 15 of 21 (read basis 17): neither the frozen nor the fine-tuned stage decodes at any
+    rate (best 0.906); W and every weight on the annealed rate do. About 30 s."""
+    from groundtruth.variants import compress
+
+    art = artifact("sort_unique")
+    one = compress(art.model, art.examples, 15)
+    assert one.recipe["stage"] == "annealed" and 0 < one.recipe["steps"] <= one.recipe["annealed_steps"]
+    with torch.no_grad():
+        assert bool(art.examples.agree(one.model(art.examples.clean, attention_mask=art.examples.valid),
+                                       art.model(art.examples.clean, attention_mask=art.examples.valid)).all())
+
 def test_perturbation_keeps_every_output_and_reaches_every_edge():
     from groundtruth.circuits import structural_edges
 
