@@ -7,7 +7,15 @@
       examples.safetensors  evaluation set: clean, corrupted, valid, answer
       config.json           model config, encodings, output kind, residual labels
       circuits.json         ground truth: semantic, structural, functional per ablation
+      features.json         the functional ground truth on the feature graph of the program's
+                            ideal transcoders (groundtruth.feature_truth), per ablation
       provenance.json       tracr version, program source hash, file hashes
+
+``features.json`` is derived from the files above it, so its hash is kept apart
+(``derived_sha256``): a variant records the hashes of the files it is built from
+(``files_sha256``), which adding it does not change. A folder without it (a
+variant, or an artifact written before it existed) loads, and the feature ground
+truth is derived on demand.
 
 Writing is atomic: the folder is written under a temporary name, then renamed
 into place. Loading needs torch only (no jax, no tracr) and refuses a folder
@@ -38,6 +46,7 @@ FORMAT_VERSION = 1
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "compiled_models"
 VARIANT_ROOT = Path(__file__).resolve().parent.parent / "compiled_variants"
 ARTIFACT_FILES = ("model.safetensors", "examples.safetensors", "config.json", "circuits.json")
+FEATURE_FILE = "features.json"  # derived from ARTIFACT_FILES; hashed under "derived_sha256"
 VARIANT_FILES = (*ARTIFACT_FILES, "directions.safetensors")  # a variant's: W, the image of each labelled direction
 
 
@@ -57,6 +66,7 @@ class Artifact:
     circuits: dict  # variant -> edge names; variants: semantic, structural, functional:<ablation>
     provenance: dict
     W: torch.Tensor | None = None  # a variant's [width, D]: column i is residual_labels[i]'s image
+    features: dict | None = None  # features.json (checked on load), None where not stored
 
     def directions(self) -> dict[str, torch.Tensor]:
         """Each labelled direction of the compiled residual, as the vector it is in this model's stream."""
@@ -121,7 +131,18 @@ def case_files(case) -> dict[str, bytes | dict]:
         "examples": {"n": len(ex), "exhaustive": prog.exhaustive, "seed": prog.seed, "min_len": prog.min_len},
         "inert": {a: v.inert for a, v in case.verifications.items()},
     }
-    return {"config.json": config, "circuits.json": _circuits_json(case.model, case.circuits, case.verifications)}
+    files = {"config.json": config, "circuits.json": _circuits_json(case.model, case.circuits, case.verifications)}
+    if case.features is not None:
+        files[FEATURE_FILE] = feature_circuits_json(case.features)
+    return files
+
+
+def feature_circuits_json(truth) -> dict:
+    """features.json: a :class:`groundtruth.feature_truth.FeatureTruth` as circuits.json holds the edge-level
+    ground truth, plus the feature graph's width per layer."""
+    circuits = {f"functional:{a}": edges for a, edges in truth.circuits.items()}
+    return {"features": list(truth.model.graph.features or ()),
+            **_circuits_json(truth.model, circuits, truth.verifications)}
 
 
 def _circuits_json(model: Transformer, circuits: dict, verifications: dict) -> dict:
@@ -196,6 +217,8 @@ def save_case(case, root: Path | str = DEFAULT_ROOT) -> Path:
             "jax": md.version("jax"),
             "files_sha256": {f: _sha256(tmp / f) for f in ARTIFACT_FILES},
         }
+        if (tmp / FEATURE_FILE).exists():
+            provenance["derived_sha256"] = {FEATURE_FILE: _sha256(tmp / FEATURE_FILE)}
         (tmp / "provenance.json").write_text(_dumps(provenance))
 
     return _write_atomically(Path(root), case.program.name, write)
@@ -280,7 +303,12 @@ def load_artifact(name_or_path: Path | str) -> Artifact:
     files = VARIANT_FILES if "variant" in provenance else ARTIFACT_FILES
     if not isinstance(hashes, dict) or set(hashes) != set(files):
         raise ArtifactError(f"{path / 'provenance.json'} lists no file hashes for {list(files)}")
-    for fname in files:
+    derived = provenance.get("derived_sha256", {})
+    if not isinstance(derived, dict) or set(derived) - {FEATURE_FILE}:
+        raise ArtifactError(f"{path / 'provenance.json'}: derived_sha256 must list {FEATURE_FILE} only, got "
+                            f"{derived!r}")
+    hashes = {**hashes, **derived}
+    for fname in (*files, *derived):
         f = path / fname
         if not f.exists():
             raise ArtifactError(f"{f} is missing; rebuild with `groundtruth build`")
@@ -339,6 +367,7 @@ def load_artifact(name_or_path: Path | str) -> Artifact:
                 model.graph.edge_position(e)
             except KeyError as err:
                 raise ArtifactError(f"{path / 'circuits.json'}: {variant}: {err.args[0]}") from None
+    features = _check_features(_read_json(path / FEATURE_FILE), model, path) if derived else None
     W = None
     if "variant" in provenance:
         W = _load_tensors(path / "directions.safetensors").get("W")
@@ -346,7 +375,37 @@ def load_artifact(name_or_path: Path | str) -> Artifact:
         if W is None or W.ndim != 2 or tuple(W.shape) != (cfg.d_model, D):
             raise ArtifactError(f"{path / 'directions.safetensors'}: W must be [{cfg.d_model}, {D}] (the width, "
                                 f"the compiled width), got {None if W is None else list(W.shape)}")
-    return Artifact(path.name, path, model, examples, config, variants, provenance, W)
+    return Artifact(path.name, path, model, examples, config, variants, provenance, W, features)
+
+
+def _check_features(features, model: Transformer, path: Path) -> dict | None:
+    """features.json, refused unless its widths are the ideal transcoders' (every layer's d_mlp) and every
+    edge is an edge of that feature graph."""
+    where, fix = path / FEATURE_FILE, f"rebuild with `groundtruth build {path.name}`"
+    cfg = model.cfg
+    want = [cfg.d_mlp] * cfg.n_layers
+    if not isinstance(features, dict) or features.get("features") != want:
+        got = features.get("features") if isinstance(features, dict) else features
+        raise ArtifactError(f"{where}: the feature widths must be {want} (each layer's d_mlp), got {got!r}; {fix}")
+    graph = dataclasses.replace(model.graph, features=tuple(want))
+    variants, verification = features.get("variants"), features.get("verification")
+    if not isinstance(variants, dict) or not isinstance(verification, dict):
+        raise ArtifactError(f"{where} has no 'variants' or 'verification'; {fix}")
+    for variant, edges in variants.items():
+        ablation = variant.partition(":")[2]
+        v = verification.get(ablation)
+        if (not variant.startswith("functional:") or not isinstance(v, dict)
+                or not all(isinstance(v.get(k), int) for k in ("n_examples", "n_reproduced"))
+                or not isinstance(v.get("inert"), list)):
+            raise ArtifactError(f"{where}: {variant!r} is not a verified functional ground truth; {fix}")
+        if not isinstance(edges, list) or not all(isinstance(e, str) for e in edges):
+            raise ArtifactError(f"{where}: {variant}: {edges!r} is not a list of edge names; {fix}")
+        for e in edges:
+            try:
+                graph.edge_position(e)
+            except KeyError as err:
+                raise ArtifactError(f"{where}: {variant}: {err.args[0]}; {fix}") from None
+    return features
 
 
 def _check_fit(cfg: TransformerConfig, state: dict[str, torch.Tensor], path: Path) -> None:

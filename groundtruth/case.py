@@ -36,6 +36,7 @@ class Case:
     circuits: dict  # variant -> edge names (graph order)
     verifications: dict  # ablation -> Verification of circuits[f"functional:{ablation}"]
     seconds: float
+    features: object = None  # groundtruth.feature_truth.FeatureTruth, derived when asked (build_case)
 
     @property
     def name(self) -> str:
@@ -65,8 +66,10 @@ def make_examples(compiled: Compiled, inputs=None) -> Examples:
     )
 
 
-def build_case(prog: Program, *, ablations=ABLATIONS) -> Case:
-    """Compile, convert, check the conversion, derive and verify the ground truth."""
+def build_case(prog: Program, *, ablations=ABLATIONS, features: bool = False) -> Case:
+    """Compile, convert, check the conversion, derive and verify the ground truth; with ``features``, the
+    feature-level ground truth as well (:func:`groundtruth.feature_truth.feature_truth`, stored by
+    ``groundtruth build``)."""
     start = time.perf_counter()
     compiled = compile_program(prog)
     model = to_torch(compiled)
@@ -82,7 +85,13 @@ def build_case(prog: Program, *, ablations=ABLATIONS) -> Case:
         edges = functional_edges(model, examples, ablation)
         circuits[f"functional:{ablation}"] = edges
         verifications[ablation] = verify(model, examples, edges, ablation)
-    return Case(prog, compiled, model, examples, circuits, verifications, time.perf_counter() - start)
+    case = Case(prog, compiled, model, examples, circuits, verifications, time.perf_counter() - start)
+    if features:
+        from groundtruth.feature_truth import feature_truth
+
+        case = dataclasses.replace(case, features=feature_truth(case, ablations=ablations, derive=True),
+                                   seconds=time.perf_counter() - start)
+    return case
 
 
 def check_conversion(compiled: Compiled, model: Transformer, examples: Examples, inputs) -> None:

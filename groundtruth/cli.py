@@ -175,11 +175,11 @@ def _programs(specs):
     return programs
 
 
-def _cases(programs, quiet):
+def _cases(programs, quiet, *, features: bool = False):
     from groundtruth.case import build_case
 
     for prog in tqdm(programs, desc="programs", disable=quiet, file=sys.stderr, leave=False):
-        yield prog, build_case(prog)
+        yield prog, build_case(prog, features=features)
 
 
 def cmd_build(args) -> int:
@@ -187,7 +187,7 @@ def cmd_build(args) -> int:
 
     programs = _programs(args.programs)
     rows = []
-    for _, case in _cases(programs, args.quiet):
+    for _, case in _cases(programs, args.quiet, features=True):
         save_case(case, args.out)
         rows.append(_case_row(case))
     _print_table(rows)

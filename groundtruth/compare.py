@@ -215,7 +215,7 @@ def compare(methods, ablation: str, *, programs=None, seed: int = 0, out_dir=DEF
     if plot is not None and plot not in names:
         raise ValueError(f"--plot {plot!r} is not among the programs compared ({', '.join(names)})")
     arts = {n: load_artifact(root / n) for n in names}  # fail early on a bad name
-    if features:  # each program as its feature model and feature-level ground truth (derived and verified)
+    if features:  # each program as its feature model and feature-level ground truth (stored, or derived)
         from groundtruth.feature_truth import feature_truth
 
         arts = {n: _FeatureRow(feature_truth(a, ablations=(ablation,)))

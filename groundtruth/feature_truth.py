@@ -10,8 +10,11 @@ structural edges, then :func:`groundtruth.circuits.verify`), under each ablation
 
     artifact -> ideal transcoders -> feature model -> functional_edges -> verify
 
-Nothing is stored: the feature ground truth is derived on demand (a few seconds
-for a small program) and no existing ground truth changes.
+``groundtruth build`` stores it with each program's artifact (``circuits.json``,
+under ``"features"``), and :func:`feature_truth` reads it back from there; where
+it is not stored (variants, a user's folder built before) it is derived on demand
+(0.1 s for ``shift_by`` to 18 minutes for ``shuffle_dyck2``; docs/transcoders.md). No edge-level
+ground truth changes.
 
 A circuit found on a *trained* transcoder's feature graph is scored against it
 through the features' matching (:func:`prune.transcoder.match_features`, one
@@ -50,6 +53,7 @@ class FeatureTruth:
     circuits: dict  # ablation -> edge names of the feature graph (graph order)
     verifications: dict  # ablation -> Verification of circuits[ablation]
     seconds: float
+    stored: bool = False  # read from the artifact (derived and verified when it was built), not derived now
 
     def functional(self, ablation: str) -> list[str]:
         return self.circuits[ablation]
@@ -65,19 +69,28 @@ def ideal_transcoders(model: Transformer) -> dict[int, Transcoder]:
     return {l: Transcoder.from_mlp(block, l) for l, block in enumerate(model.blocks)}
 
 
-def feature_truth(artifact, *, ablations=ABLATIONS, keep_error: bool = True) -> FeatureTruth:
-    """Derive and verify the functional ground truth of ``artifact`` (a loaded
-    :class:`groundtruth.artifacts.Artifact`, or anything with ``name``, ``model`` and ``examples``) on the
-    feature graph of its ideal transcoders, under each of ``ablations``.
+def feature_truth(artifact, *, ablations=ABLATIONS, keep_error: bool = True, derive: bool = False
+                  ) -> FeatureTruth:
+    """The functional ground truth of ``artifact`` (a loaded :class:`groundtruth.artifacts.Artifact`, or
+    anything with ``name``, ``model`` and ``examples``) on the feature graph of its ideal transcoders, under
+    each of ``ablations``: read from the artifact where it is stored there for each of them (and
+    ``keep_error``, the default it was derived with), otherwise (or with ``derive``) derived and verified now.
 
     ``keep_error``: as :func:`prune.transcoder.feature_model`; with the ideal transcoders the error term is 0
-    either way. Raises ``ValueError`` when a circuit does not verify (not sufficient, or an edge not needed),
-    quoting the ablation and what failed.
+    either way. Raises ``ValueError`` when a derived circuit does not verify (not sufficient, or an edge not
+    needed), quoting the ablation and what failed.
     """
     start = time.perf_counter()
     ablations = tuple(check_ablation(a) for a in ablations)
     model = feature_model(artifact.model, ideal_transcoders(artifact.model), keep_error=keep_error)
     examples = artifact.examples
+    stored = getattr(artifact, "features", None)  # an Artifact's dict (a Case's is a FeatureTruth or None)
+    if (not derive and keep_error and isinstance(stored, dict)
+            and all(f"functional:{a}" in stored["variants"] for a in ablations)):
+        circuits = {a: list(stored["variants"][f"functional:{a}"]) for a in ablations}
+        verifications = {a: _stored_verification(a, circuits[a], stored["verification"][a]) for a in ablations}
+        return FeatureTruth(name=artifact.name, model=model, examples=examples, circuits=circuits,
+                            verifications=verifications, seconds=time.perf_counter() - start, stored=True)
     circuits: dict[str, list[str]] = {}
     verifications: dict[str, Verification] = {}
     for ablation in ablations:
@@ -90,6 +103,13 @@ def feature_truth(artifact, *, ablations=ABLATIONS, keep_error: bool = True) -> 
         circuits[ablation], verifications[ablation] = edges, v
     return FeatureTruth(name=artifact.name, model=model, examples=examples, circuits=circuits,
                         verifications=verifications, seconds=time.perf_counter() - start)
+
+
+def _stored_verification(ablation: str, edges: list[str], v: dict) -> Verification:
+    """The :class:`~groundtruth.circuits.Verification` circuits.json records (counts and inert edges)."""
+    inert = set(v["inert"])
+    return Verification(ablation=ablation, n_examples=v["n_examples"], n_reproduced=v["n_reproduced"],
+                        necessary={e: e not in inert for e in edges}, first_failure=None)
 
 
 @dataclasses.dataclass(frozen=True)

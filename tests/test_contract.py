@@ -611,7 +611,7 @@ def test_16_built_artifact_gets_the_umask_mode(built):
     folder = root / "count"
     assert mode(folder) == 0o755
     assert {p.name: mode(p) for p in folder.iterdir()} == {
-        f: 0o644 for f in (*ARTIFACT_FILES, "provenance.json")}
+        f: 0o644 for f in (*ARTIFACT_FILES, "features.json", "provenance.json")}
     load_artifact(folder)
 
 
