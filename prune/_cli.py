@@ -127,14 +127,19 @@ def parse_args(parser: argparse.ArgumentParser, argv) -> argparse.Namespace | in
         return done.code if isinstance(done.code, int) else 0 if done.code is None else 2
 
 
+def print_refusal(err: BaseException) -> None:
+    """The one line ``error: ...`` of a refused command."""
+    message = err.args[0] if isinstance(err, KeyError) and err.args else err  # KeyError's str() adds quotes
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+
 def run_command(func, args, *, refused: tuple[type[BaseException], ...], interrupted: str) -> int:
     """``func(args)``; an exception of a ``refused`` type becomes the one line ``error: ...`` and exit status 2,
     Ctrl-C the line ``interrupted`` and 130. Anything else is a bug, and keeps its traceback."""
     try:
         return func(args)
     except refused as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err  # KeyError's str() adds quotes
-        print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+        print_refusal(err)
         return 2
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)

@@ -34,9 +34,9 @@ overwritten or mixed with another run: new targets join a run with ``--resume``.
 
 Sharding. ``--nproc N`` starts N ranks of the same command with torchrun's
 launcher (:mod:`prune.sharding`; or start them with ``torchrun --standalone
---nproc-per-node N -m prune.cli run ...``): every rank loads the model and keeps
-its FSDP share of the weights, trains on its own ``--n / N`` examples, and
-holds the same masks; rank 0 alone writes and prints. ``--n`` must be a
+--nproc-per-node N -m prune.cli run ...``): rank 0 loads the model and every
+rank keeps its FSDP share of the weights (:func:`prune.sharding.load_sharded`),
+trains on its own ``--n / N`` examples, and holds the same masks; rank 0 alone writes and prints. ``--n`` must be a
 multiple of N, and a checkpoint resumes only with the number of ranks that
 wrote it. When a rank dies the others are stopped and the command says which
 rank failed (exit status 1); the checkpoints are intact, for ``--resume``.
@@ -68,7 +68,16 @@ from pathlib import Path
 import torch
 
 from prune import sharding
-from prune._cli import ArgumentParser, nonempty, parse_fractions, parse_int, positive_int, random_seed, run_command
+from prune._cli import (
+    ArgumentParser,
+    nonempty,
+    parse_fractions,
+    parse_int,
+    positive_int,
+    print_refusal,
+    random_seed,
+    run_command,
+)
 from prune.allocator import keep_freed_memory
 from prune.files import atomic_write_json, check_writable_folder, read_json
 from prune.graph import CONVENTIONS
@@ -393,7 +402,7 @@ def _launch(args) -> int:
     failed = sharding.launch(args.argv, args.nproc, threads=args.threads, env={_LOCK_HELD: "1"})
     if not failed:
         return 0
-    if set(failed.values()) == {2}:  # refused: rank 0 has said why, in one line
+    if next(iter(failed.values())) == 2:  # refused: rank 0 has said why, in one line, before any rank exited
         return 2
     rank, code = next(iter(failed.items()))  # the first to fail
     how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
@@ -425,10 +434,13 @@ def _run_as_rank(args, targets, configs, run_dirs, record) -> int:
             states = _check_out_dir(args, targets, run_dirs, record)
             dist.barrier()  # every rank has read --out before rank 0 writes into it
             return _run(args, targets, configs, run_dirs, states, record, rank=rank)
-        except UsageError:
+        except UsageError as err:
             if rank == 0:
                 _remove_empty(created)
-                raise
+                print_refusal(err)  # now: once a rank exits, the launcher stops the others
+            # Every rank meets the same refusal, at its own pace (rank 0 loads the weights, the others do not):
+            # none exits before rank 0 has said why.
+            dist.barrier()
             return 2
         except RuntimeError as err:
             if _lost_a_rank(err):  # another rank died mid-collective: the launcher names it, in one line
@@ -484,14 +496,15 @@ def _run(args, targets, configs, run_dirs, states, record, rank: int = 0) -> int
         raise UsageError(f"cannot make task {args.task!r} for {args.model!r}: {err}") from None
     _check_plan(args, task)
     try:
-        model = loaders.from_hf(args.model, dtype=_DTYPES[args.dtype]).with_conventions(args.conventions)
+        if sharding.launched_by_torchrun():  # rank 0 loads; each rank keeps its share (the others never hold more)
+            model = sharding.load_sharded(args.model, dtype=_DTYPES[args.dtype], conventions=args.conventions)
+        else:
+            model = loaders.from_hf(args.model, dtype=_DTYPES[args.dtype]).with_conventions(args.conventions)
     except (FileNotFoundError, ValueError, MemoryError, NotImplementedError, OSError) as err:
         raise UsageError(f"cannot load model {args.model!r}: {err}") from None
     if args.tie_kv and model.cfg.kv_heads == model.cfg.n_heads:
         raise UsageError(f"--tie-kv: {args.model} has no grouped-query attention ({model.cfg.n_heads} query and "
                          f"{model.cfg.kv_heads} key-value heads); leave --tie-kv out")
-    if sharding.launched_by_torchrun():  # every rank loaded the whole model; each keeps its share
-        sharding.shard(model)
     # Before anything is written: every checkpoint to resume is of this run (model, data, seed, configuration).
     # One pruner at a time (each holds the ablated activations), dropped once its checkpoint has loaded.
     for cfg, run_dir, state in zip(configs, run_dirs, states, strict=True):

@@ -35,8 +35,8 @@ import torch.distributed as dist
 
 from prune.model import Transformer
 
-__all__ = ["shard", "is_sharded", "rank_and_size", "all_reduce_gradients", "all_reduce_sum", "full_state_dict",
-           "init_from_environment", "launched_by_torchrun", "launch"]
+__all__ = ["shard", "load_sharded", "is_sharded", "rank_and_size", "all_reduce_gradients", "all_reduce_sum",
+           "full_state_dict", "init_from_environment", "launched_by_torchrun", "launch"]
 
 
 def launched_by_torchrun() -> bool:
@@ -55,9 +55,11 @@ def init_from_environment() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def shard(model: Transformer) -> Transformer:
+def shard(model: Transformer, *, device: str | None = None) -> Transformer:
     """Fully shard ``model`` over every rank of the process group, one FSDP unit per block and one for
-    the rest (embeddings, final norm, unembedding); in place, and returned. Needs the process group."""
+    the rest (embeddings, final norm, unembedding); in place, and returned. Needs the process group.
+    ``device``: the device type its shards will live on (default: the model's; give it for a model
+    built on the meta device)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
@@ -69,14 +71,43 @@ def shard(model: Transformer) -> Transformer:
     # FSDP warns whenever a sublayer returns a view (an in-place change to it would skip the gather for the
     # backward); the model never changes a sublayer's output in place (the residual copies what it writes).
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
-    device = model.W_E.device.type
-    mesh = init_device_mesh(device, (dist.get_world_size(),))
+    mesh = init_device_mesh(device or model.W_E.device.type, (dist.get_world_size(),))
     for block in model.blocks:
         fully_shard(block, mesh=mesh)
         for method in ("attention_sublayer", "mlp_sublayer"):  # the model calls a block only through these
             register_fsdp_forward_method(block, method)
     fully_shard(model, mesh=mesh)
     return model
+
+
+def load_sharded(source, *, dtype: torch.dtype = torch.float32, conventions: str = "ours") -> Transformer:
+    """A Hugging Face checkpoint (:func:`prune.loaders.from_hf`'s ``source``), loaded and sharded so that only
+    rank 0 ever holds the whole model: rank 0 loads it; every other rank builds the same model from the config
+    on the meta device (no memory); all shard it (:func:`shard`), the others allocate their shard alone, and
+    rank 0's weights reach every shard through ``torch.distributed.checkpoint``'s broadcast from rank 0.
+    On one machine, host memory holds one whole copy during loading, not one per rank. Needs the process group.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    from prune import loaders
+
+    if not dist.is_initialized():
+        raise RuntimeError("sharded loading needs the process group: launch with torchrun (or prune run --nproc N) "
+                           "and call prune.sharding.init_from_environment() first")
+    if dist.get_rank() == 0:
+        model = loaders.from_hf(source, dtype=dtype).with_conventions(conventions)
+        whole = dict(model.state_dict())  # kept until broadcast: sharding below frees the model's own copy
+    else:
+        cfg = loaders.transformer_config(loaders._load_config(source))
+        with torch.device("meta"):  # as loaders.convert builds it, without the weights
+            model = Transformer(cfg).to(dtype=dtype).with_conventions(conventions)
+        whole = {}
+    shard(model, device="cpu")
+    if dist.get_rank() != 0:
+        model.to_empty(device="cpu")  # this rank's shard only; filled by the broadcast
+    set_model_state_dict(model, whole, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    del whole
+    return model.requires_grad_(False).eval()
 
 
 def is_sharded(model: torch.nn.Module) -> bool:

@@ -2,8 +2,9 @@
 
 The same tiny random GPT-2 and grouped-query Llama checkpoints as
 tests/test_cli_run.py. Every sharded run is a real one: torchrun's launcher
-starts two ranks, each loads the checkpoint, shards it with
-``torch.distributed.fsdp.fully_shard`` and trains its own half of the examples.
+starts two ranks; rank 0 loads the checkpoint, both shard it with
+``torch.distributed.fsdp.fully_shard`` (rank 1 receives its shard from rank 0) and
+each trains its own half of the examples.
 
 Tolerance. A sharded run sums the same float32 terms in another order (each
 rank sums its own examples' losses, and one all-reduce adds the two), so its
@@ -192,3 +193,43 @@ def test_sharding_needs_the_process_group():
     cfg = TransformerConfig(vocab_size=5, d_model=4, n_layers=1, n_heads=1, d_head=4, d_mlp=4, n_positions=4)
     with pytest.raises(RuntimeError, match="launch with torchrun"):
         shard(random_model(cfg, 0))
+
+
+_LOAD_SHARDED = """
+import sys
+import torch
+from prune import loaders, sharding
+
+rank, ranks = sharding.init_from_environment()
+if rank != 0:  # only rank 0 may read the weights: any other rank doing so fails the test
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"rank {rank} read the weights")
+    loaders._load_weights = refuse
+model = sharding.load_sharded(sys.argv[1], dtype=torch.float32)
+local = {name: p.to_local() for name, p in model.named_parameters()}
+whole = sharding.full_state_dict(model)
+if rank == 0:
+    want = loaders.from_hf(sys.argv[1]).state_dict()
+    assert set(whole) == set(want), sorted(set(whole) ^ set(want))
+    bad = [k for k in want if not torch.equal(whole[k], want[k])]
+    assert not bad, bad
+total = sum(v.numel() for v in want.values()) if rank == 0 else 0
+held = sum(v.numel() for v in local.values())
+assert not any(p.requires_grad for p in model.parameters()) and not model.training
+print(f"rank {rank}: holds {held} weights" + (f" of {total}" if rank == 0 else ""), flush=True)
+"""
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_sharded_loading_reads_the_weights_on_rank_0_only_and_gives_every_weight(checkpoints, arch,  # noqa: F811
+                                                                                   tmp_path):
+    script = tmp_path / "load.py"
+    script.write_text(_LOAD_SHARDED)
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          str(script), str(checkpoints[arch])], capture_output=True, text=True, env=ENV, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    held = {int(line.split()[1].rstrip(":")): int(line.split()[3]) for line in out.stdout.splitlines()
+            if line.startswith("rank ")}
+    total = int(next(line for line in out.stdout.splitlines() if line.startswith("rank 0")).split()[-1])
+    assert sorted(held) == [0, 1] and sum(held.values()) == total  # two disjoint shards, every weight once
+    assert max(held.values()) < total
