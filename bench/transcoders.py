@@ -8,7 +8,11 @@ Each is matched to the ideal transcoder (the compiled MLP, ``Transcoder.from_mlp
 on the same inputs; the replacement model (every MLP replaced, no error terms) is
 scored by decoded agreement. Writes ``transcoders.md`` and ``transcoders.json``.
 
-    .venv/bin/python bench/transcoders.py [--programs a,b] [--out bench/results]
+``--variant KIND`` does the same on the library's variants of that kind (``compiled_variants/``,
+``transcoders-KIND.md``): the true features are then the variant's own MLP units, which on a compressed
+variant read and write directions that share dimensions.
+
+    .venv/bin/python bench/transcoders.py [--programs a,b] [--variant compressed] [--out bench/results]
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from groundtruth.artifacts import load_artifact  # noqa: E402
+from groundtruth.artifacts import VARIANT_ROOT, load_artifact  # noqa: E402
 from groundtruth.registry import library  # noqa: E402
 from groundtruth.transcoders import EXPANSION, RECIPE, fit_layer, true_width  # noqa: E402
 from prune.transcoder import (  # noqa: E402
@@ -40,6 +44,8 @@ from prune.transcoder import (  # noqa: E402
     replacement_faithfulness,
 )
 
+# the load of the runs before --load-note existed: written by hand in their header
+SHARED = "the 2 cores were shared with other engineers' work throughout, so the seconds are indicative only"
 SUMMED = ("evaluable", "recovered", "functional", "recovered_raw", "dead", "dense", "never_fire", "constant",
           "silent", "trained")
 
@@ -55,7 +61,7 @@ def bench_layer(model, ex, layer: int, width: int) -> tuple[Transcoder, dict]:
 
 
 def bench_program(name: str) -> dict | None:
-    art = load_artifact(name)
+    art = load_artifact(VARIANT_ROOT / name if "@" in name else name)
     model, ex = art.model, art.examples
     layers, transcoders = [], {}
     for layer, block in enumerate(model.blocks):
@@ -98,11 +104,14 @@ def pct(a, b):
 
 
 def header(meta: dict, rows: list[dict]) -> list[str]:
+    kind = meta.get("variant")
     ev, rec = sum(r["evaluable"] for r in rows), sum(r["recovered"] for r in rows)
     fun = sum(r["functional"] for r in rows)
-    hit_rec = sum(r["recovered"] >= 0.95 * r["evaluable"] for r in rows)
+    goal = 0.9 if meta.get("variant") else 0.95  # issue 14: 95% on the compiled library, 90% on variants
+    hit_rec = sum(r["recovered"] >= goal * r["evaluable"] for r in rows)
     hit_dec = sum(r["agreement"] >= 0.99 for r in rows)
     return [
+        f"# Transcoders on the library's {kind} variants (`bench/transcoders.py --variant {kind}`)" if kind else
         "# Transcoders on the compiled library (`bench/transcoders.py`)", "",
         "| | |", "|---|---|",
         f"| command | `{meta['command']}` |",
@@ -110,15 +119,16 @@ def header(meta: dict, rows: list[dict]) -> list[str]:
         + (f", with uncommitted changes to {', '.join(f'`{f}`' for f in meta['dirty'])}" if meta.get("dirty") else "")
         + " |",
         f"| date | {meta['date']} |", f"| threads | {meta['threads']} torch thread, one process |",
-        f"| machine load | `uptime` at the start: `{meta['load']}`; the 2 cores were shared with other "
-        f"engineers' work throughout, so the seconds are indicative only |",
+        f"| machine load | `uptime` at the start: `{meta['load']}`; "
+        f"{meta.get('load_note', SHARED)} |",
         f"| machine | {meta['machine']} |", f"| wall time | {meta['wall_seconds']:.0f} s |",
         f"| recipe | expansion {EXPANSION} x the layer's true width; `fit_transcoder` defaults "
         f"`{meta['defaults']}`, given `{RECIPE}` |", "",
         f"Over {len(rows)} programs with an MLP: {rec}/{ev} evaluable true features recovered "
         f"({pct(rec, ev)}; encoder and decoder cosine >= 0.9, encoders compared in the span of the centred "
         f"inputs); {fun}/{ev} ({pct(fun, ev)}) matched functionally (decoder cosine and activation "
-        f"correlation >= 0.9). Targets: >= 95% recovered on every program, met on {hit_rec}/{len(rows)}; "
+        f"correlation >= 0.9). Targets: >= {100 * goal:.0f}% recovered on every program, met on "
+        f"{hit_rec}/{len(rows)}; "
         f"the replacement model without error terms decoding >= 99% of inputs, met on {hit_dec}/{len(rows)}.", "",
         f"Silent true features (hidden units that fire and vary but whose decoder row is zero: they write "
         f"nothing, and the ideal transcoder matched against itself does not recover them) are counted apart "
@@ -162,13 +172,23 @@ def table(rows: list[dict]) -> list[str]:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--programs", default=None, help="comma-separated library names (default: all)")
+    p.add_argument("--variant", choices=("compressed", "perturbed", "compressed+perturbed"), default=None,
+                   help="train on the library's variants of this kind instead (compiled_variants/)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--load-note", default="nothing noted", help="what else ran on the machine, beside the figures")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     names = args.programs.split(",") if args.programs else list(library())
+    unknown = [n for n in names if n not in library()]
+    if unknown:
+        p.error(f"--programs: no library program {unknown[0]!r}; choose from {', '.join(library())}")
+    if args.variant:
+        names = [f"{n}@{args.variant}" for n in names]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     meta = {"command": ".venv/bin/python bench/transcoders.py" + (f" --programs {args.programs}" if args.programs
-                                                                   else ""),
+                                                                   else "")
+                       + (f" --variant {args.variant}" if args.variant else ""), "variant": args.variant,
+            "load_note": args.load_note,
             "commit": commit.stdout.strip(), "dirty": dirty_files(), "date": datetime.date.today().isoformat(),
             "threads": torch.get_num_threads(), "machine": f"{os.cpu_count()} cores ({platform.machine()})",
             "load": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
@@ -185,8 +205,9 @@ def main(argv=None):
     meta["wall_seconds"] = time.perf_counter() - t0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "transcoders.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    (out / "transcoders.md").write_text(render(meta, rows))
+    stem = f"transcoders-{args.variant.replace('+', '-')}" if args.variant else "transcoders"
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(render(meta, rows))
 
 
 if __name__ == "__main__":
