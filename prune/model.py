@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prune._masked_read import _ProjectReaders, _Residual, _RMSNorm
+from prune._masked_read import _NormProjectReaders, _ProjectReaders, _Residual, _RMSNorm
 from prune.graph import Graph, check_conventions
 
 __all__ = ["TransformerConfig", "Transformer"]
@@ -175,7 +175,8 @@ class Block(nn.Module):
         self.b_in = nn.Parameter(torch.zeros(Fh)) if cfg.mlp_bias else None
         self.b_out = nn.Parameter(torch.zeros(D)) if cfg.mlp_bias else None
 
-    def attention(self, xq, xk, xv, attention_mask, rotary, heads=None, bias_share=True, tied_kv=False):
+    def attention(self, xq, xk, xv, attention_mask, rotary, heads=None, bias_share=True, tied_kv=False,
+                  norm=None):
         """Per-head outputs ``[H, B, S, D]``, with each head's share ``b_O / H`` of the output bias
         unless ``bias_share`` is False (EAP-IG's conventions, where the model adds ``b_O`` itself).
 
@@ -188,6 +189,8 @@ class Block(nn.Module):
         ``(cos, sin)``, each ``[S, E]``, or None (learned positions).
         ``heads`` (masked only): the query heads to run, ``[h]`` indices, when
         the inputs are those heads' only; the output is then ``[h, B, S, D]``.
+        ``norm`` (masked, one tensor): the norm still to apply to ``xq``, folded into the projections
+        (:class:`prune._masked_read._NormProjectReaders`).
         """
         cfg = self.cfg
         H, G = cfg.n_heads, cfg.kv_heads
@@ -218,7 +221,11 @@ class Block(nn.Module):
                 (W_K, b_K), (W_V, b_V) = (self.W_K, self.b_K), (self.W_V, self.b_V)
             else:
                 (W_K, b_K), (W_V, b_V) = expand(self.W_K, self.b_K), expand(self.W_V, self.b_V)
-            qkv = _ProjectReaders.apply(xq, W_Q, W_K, W_V)
+            if norm is not None:
+                bias = norm.bias if norm.kind == "layernorm" else None
+                qkv = _NormProjectReaders.apply(xq, norm.weight, bias, norm.eps, W_Q, W_K, W_V)
+            else:
+                qkv = _ProjectReaders.apply(xq, W_Q, W_K, W_V)
             q, k, v = (t if b is None else t + b[None, :, None, :] for t, b in zip(qkv, (b_Q, b_K, b_V), strict=True))
             if tied_kv:
                 k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
@@ -257,11 +264,30 @@ class Block(nn.Module):
         The model calls a block only through its two sublayers, so that under FSDP
         (:mod:`prune.sharding`) each call gathers the block's weights and nothing outside a call needs them.
         """
+        if x.ndim == 4 and self._norm_folds(x):  # the readers' inputs normed inside their projections
+            return self.attention(x, None, None, attention_mask, rotary, heads=heads, bias_share=bias_share,
+                                  tied_kv=tied_kv, norm=self.ln1)
         x = self.ln1(x)
         if x.ndim == 3:
             return self.attention(x, x, x, attention_mask, rotary, heads=heads, bias_share=bias_share)
         return self.attention(x, None, None, attention_mask, rotary, heads=heads, bias_share=bias_share,
                               tied_kv=tied_kv)
+
+    def _norm_folds(self, x) -> bool:
+        """Can ``ln1`` fold into the masked readers' projections? A norm in float32 or float64 (half
+        precision norms RMS in float32 and converts back, which does not fold), frozen weights (the fused
+        kernel gives no weight gradients), autograd on (without it, norm then project is as cheap), and
+        no hook on ``ln1`` (one that changes its output, as :func:`prune.feature_attribution.linearised`
+        does, would be skipped)."""
+        if (self.ln1.kind == "none" or x.dtype not in (torch.float32, torch.float64)
+                or not (torch.is_grad_enabled() and x.requires_grad)):
+            return False
+        ln = self.ln1
+        if ln._forward_hooks or ln._forward_pre_hooks or nn.modules.module._global_forward_hooks \
+                or nn.modules.module._global_forward_pre_hooks:
+            return False
+        weights = [ln.weight, getattr(ln, "bias", None), self.W_Q, self.W_K, self.W_V]
+        return not any(w is not None and w.requires_grad for w in weights)
 
     def mlp_sublayer(self, x):  # the residual as the MLP reads it, [B, S, D] -> [B, S, D]
         return self.mlp(self.ln2(x))

@@ -208,6 +208,30 @@ def test_gradients_match_finite_differences_for_every_ablation(ablation, per_exa
         lambda z, n: model(tokens, edge_mask=z, node_mask=n, ablated=ablated).pow(2).sum(), (z, nodes))
 
 
+@given(configs(), st.integers(0, 2**16), st.sampled_from(["zero", "resample"]), st.booleans())
+def test_the_norm_folded_into_the_readers_projections_changes_nothing(cfg, seed, ablation, per_example):
+    # Masked mode with frozen weights norms the attention readers inside their projections
+    # (prune._masked_read._NormProjectReaders); the same run with the norm applied first must agree, in
+    # the logits and in the mask's gradient (float64: rounding, see ATOL).
+    model = random_model(cfg, seed)
+    clean, corrupt = torch.randint(0, cfg.vocab_size, (2, 2, 5))
+    ablated = None if ablation == "zero" else model.writers(corrupt)
+    shape = (2,) if per_example else ()
+    z0 = torch.rand(*shape, model.graph.n_edges, dtype=torch.float64)
+    runs = []
+    for folds in (True, False):
+        z = z0.clone().requires_grad_(True)
+        with pytest.MonkeyPatch.context() as mp:
+            if not folds:
+                mp.setattr(type(model.blocks[0]), "_norm_folds", lambda self, x: False)
+            out = model(clean, edge_mask=z, ablated=ablated)
+            out.pow(2).sum().backward()
+        runs.append((out.detach(), z.grad))
+    assert model.blocks[0]._norm_folds(torch.ones(1, requires_grad=True, dtype=torch.float64)) == (cfg.norm != "none")
+    torch.testing.assert_close(runs[0][0], runs[1][0], atol=ATOL, rtol=0)
+    torch.testing.assert_close(runs[0][1], runs[1][1], atol=1e-8, rtol=1e-8)
+
+
 def test_backward_twice_through_one_graph_gives_the_same_gradient():
     # retain_graph: the second backward must start a fresh accumulation, not add to the first.
     cfg = TransformerConfig(vocab_size=7, d_model=8, n_layers=2, n_heads=2, d_head=4, d_mlp=8, n_positions=6)
