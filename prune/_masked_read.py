@@ -109,53 +109,40 @@ class _ProjectReaders(torch.autograd.Function):
 
 
 class _NormProjectReaders(torch.autograd.Function):
-    """The readers' norm (RMS or layer norm) then :class:`_ProjectReaders`, without the normed inputs;
-    for frozen weights only.
+    """:class:`_RMSNorm` then :class:`_ProjectReaders`, without the normed inputs; frozen weights only.
 
-    A norm is a per-row scale ``r`` (``1 / sqrt(mean(x^2) + eps)``, or about the row's mean ``m`` for a
-    layer norm), a gain ``w`` and a layer norm's bias ``b``, so each reader's projection is
-    ``((x - m) r w + b) @ W = r ((x - m) @ (w W)) + b @ W``: the gain folds into the (small) head
-    weights, the scale applies to the (small) projection, and the normed ``[R, B, S, D]`` tensor is
-    never made (a layer norm centres its input once, and keeps that for the backward in place of ``x``).
-    Backward, with ``u = (x - m) @ (w W)`` and ``g`` the output's gradient:
-    ``dx = C[(r g) @ (w W)^T] - (r^3 / D) (g . u) (x - m)``, ``C`` centring each row (layer norm only):
-    one batched matmul into the gradient and a pass or two over ``x``, where the two kernels apart
-    traverse ``[R, B, S, D]`` about ten times. Shapes as :class:`_ProjectReaders`; ``bias`` None for an
-    RMS norm. No gradient for the norm's or the heads' weights (the model checks they are frozen).
+    The norm is a per-row scale ``r = 1 / sqrt(mean(x^2) + eps)`` and a gain ``w``, so each reader's
+    projection is ``(x r w) @ W = r (x @ (w W))``: the gain folds into the (small) head weights, the scale
+    applies to the (small) projection, and the normed ``[R, B, S, D]`` tensor is never made. Backward,
+    with ``u = x @ (w W)`` and ``g`` the output's gradient: ``dx = (r g) @ (w W)^T - (r^3 / D) (g . u) x``,
+    one batched matmul into the gradient and one pass over ``x``, where the two kernels apart traverse
+    ``[R, B, S, D]`` about ten times. Shapes as :class:`_ProjectReaders`. No gradient for the gain or the
+    head weights (the model checks they are frozen). Not for a layer norm: measured, its own fused kernel
+    then :class:`_ProjectReaders` is faster than a fold that must centre the rows
+    (bench/results/step.md).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, W_q, W_k, W_v):
+    def forward(ctx, x, weight, eps, W_q, W_k, W_v):
         _, B, S, D = x.shape
         sizes = [W.shape[0] for W in (W_q, W_k, W_v)]
-        rows = x.reshape(-1, B * S, D)
-        if bias is None:  # RMS norm
-            r = torch.linalg.vector_norm(x, dim=-1).pow_(2).div_(D).add_(eps).rsqrt_().view(-1, B * S)  # [R, BS]
-        else:  # centred once: x @ W - m (1 @ W) would cancel where a row's mean is large (GPT-2's is)
-            var, mean = torch.var_mean(rows, dim=-1, correction=0)  # [R, B*S] each
-            r = var.add_(eps).rsqrt_()
-            rows = rows - mean[:, :, None]
+        r = torch.linalg.vector_norm(x, dim=-1).pow_(2).div_(D).add_(eps).rsqrt_().view(-1, B * S)  # [R, B*S]
         folded = [weight[None, :, None] * W for W in (W_q, W_k, W_v)]  # [n, D, E] each
         out, pre = [], []
-        for k, (part, W) in enumerate(zip(rows.split(sizes), folded, strict=True)):
+        for part, rp, W in zip(x.reshape(-1, B * S, D).split(sizes), r.split(sizes), folded, strict=True):
             u = torch.matmul(W.transpose(1, 2), part.transpose(1, 2))  # [n, E, B*S], as _ProjectReaders
             pre.append(u)
-            y = u * r.split(sizes)[k][:, None, :]
-            if bias is not None:
-                y.add_((bias @ (W_q, W_k, W_v)[k])[:, :, None])  # [n, E, 1]
-            out.append(y.view(W.shape[0], -1, B, S).permute(2, 0, 3, 1))  # [B, n, S, E]
-        ctx.save_for_backward(rows, r, *folded, *pre)  # rows: x, or x - m for a layer norm
-        ctx.centred = bias is not None
+            out.append((u * rp[:, None, :]).view(W.shape[0], -1, B, S).permute(2, 0, 3, 1))  # [B, n, S, E]
+        ctx.save_for_backward(x, r, *folded, *pre)
         return tuple(out)
 
     @staticmethod
     def backward(ctx, *grads):
-        rows, r, *rest = ctx.saved_tensors  # rows [R, B*S, D]
+        x, r, *rest = ctx.saved_tensors
         folded, pre = rest[:3], rest[3:]
-        D = rows.shape[-1]
-        B, _, S, _ = next(g for g in grads if g is not None).shape
+        _, B, S, D = x.shape
         sizes = [W.shape[0] for W in folded]
-        dx = rows.new_empty(sum(sizes), B * S, D)
+        dx = x.new_empty(sum(sizes), B * S, D)
         coef = r.new_zeros(r.shape)  # [R, B*S]: -(r^3 / D) (g . u) per row
         for g, W, u, rp, dxp, cp in zip(grads, folded, pre, r.split(sizes), dx.split(sizes), coef.split(sizes),
                                         strict=True):
@@ -165,10 +152,8 @@ class _NormProjectReaders(torch.autograd.Function):
             gy = g.permute(1, 0, 2, 3).reshape(W.shape[0], B * S, -1)  # [n, B*S, E]
             torch.bmm(gy * rp[:, :, None], W.transpose(1, 2), out=dxp)  # [n, B*S, D]
             torch.sum(gy * u.transpose(1, 2), -1, out=cp).mul_(rp.pow(3)).div_(-D)
-        if ctx.centred:  # the mean's part: centre each row of the matmul's
-            dx.sub_(dx.mean(-1, keepdim=True))
-        dx.addcmul_(rows, coef[:, :, None])
-        return dx.view(-1, B, S, D), None, None, None, None, None, None
+        dx.addcmul_(x.reshape(-1, B * S, D), coef[:, :, None])
+        return dx.view(-1, B, S, D), None, None, None, None, None
 
 
 class _Grads:

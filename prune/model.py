@@ -189,7 +189,7 @@ class Block(nn.Module):
         ``(cos, sin)``, each ``[S, E]``, or None (learned positions).
         ``heads`` (masked only): the query heads to run, ``[h]`` indices, when
         the inputs are those heads' only; the output is then ``[h, B, S, D]``.
-        ``norm`` (masked, one tensor): the norm still to apply to ``xq``, folded into the projections
+        ``norm`` (masked, one tensor): the RMS norm still to apply to ``xq``, folded into the projections
         (:class:`prune._masked_read._NormProjectReaders`).
         """
         cfg = self.cfg
@@ -222,8 +222,7 @@ class Block(nn.Module):
             else:
                 (W_K, b_K), (W_V, b_V) = expand(self.W_K, self.b_K), expand(self.W_V, self.b_V)
             if norm is not None:
-                bias = norm.bias if norm.kind == "layernorm" else None
-                qkv = _NormProjectReaders.apply(xq, norm.weight, bias, norm.eps, W_Q, W_K, W_V)
+                qkv = _NormProjectReaders.apply(xq, norm.weight, norm.eps, W_Q, W_K, W_V)
             else:
                 qkv = _ProjectReaders.apply(xq, W_Q, W_K, W_V)
             q, k, v = (t if b is None else t + b[None, :, None, :] for t, b in zip(qkv, (b_Q, b_K, b_V), strict=True))
@@ -274,20 +273,19 @@ class Block(nn.Module):
                               tied_kv=tied_kv)
 
     def _norm_folds(self, x) -> bool:
-        """Can ``ln1`` fold into the masked readers' projections? A norm in float32 or float64 (half
-        precision norms RMS in float32 and converts back, which does not fold), frozen weights (the fused
-        kernel gives no weight gradients), autograd on (without it, norm then project is as cheap), and
-        no hook on ``ln1`` (one that changes its output, as :func:`prune.feature_attribution.linearised`
-        does, would be skipped)."""
-        if (self.ln1.kind == "none" or x.dtype not in (torch.float32, torch.float64)
+        """Can ``ln1`` fold into the masked readers' projections? An RMS norm (a layer norm's own kernel is
+        faster: prune._masked_read._NormProjectReaders) in float32 or float64 (half precision norms in
+        float32 and converts back, which does not fold), frozen weights (the fused kernel gives no weight
+        gradients), autograd on (without it, norm then project is as cheap), and no hook on ``ln1`` (one
+        that changes its output, as :func:`prune.feature_attribution.linearised` does, would be skipped)."""
+        if (self.ln1.kind != "rmsnorm" or x.dtype not in (torch.float32, torch.float64)
                 or not (torch.is_grad_enabled() and x.requires_grad)):
             return False
         ln = self.ln1
         if ln._forward_hooks or ln._forward_pre_hooks or nn.modules.module._global_forward_hooks \
                 or nn.modules.module._global_forward_pre_hooks:
             return False
-        weights = [ln.weight, getattr(ln, "bias", None), self.W_Q, self.W_K, self.W_V]
-        return not any(w is not None and w.requires_grad for w in weights)
+        return not any(w.requires_grad for w in (ln.weight, self.W_Q, self.W_K, self.W_V))
 
     def mlp_sublayer(self, x):  # the residual as the MLP reads it, [B, S, D] -> [B, S, D]
         return self.mlp(self.ln2(x))

@@ -210,7 +210,7 @@ def test_gradients_match_finite_differences_for_every_ablation(ablation, per_exa
 
 @given(configs(), st.integers(0, 2**16), st.sampled_from(["zero", "resample"]), st.booleans())
 def test_the_norm_folded_into_the_readers_projections_changes_nothing(cfg, seed, ablation, per_example):
-    # Masked mode with frozen weights norms the attention readers inside their projections
+    # Masked mode with frozen weights and an RMS norm norms the attention readers inside their projections
     # (prune._masked_read._NormProjectReaders); the same run with the norm applied first must agree, in
     # the logits and in the mask's gradient (float64: rounding, see ATOL).
     model = random_model(cfg, seed)
@@ -227,7 +227,7 @@ def test_the_norm_folded_into_the_readers_projections_changes_nothing(cfg, seed,
             out = model(clean, edge_mask=z, ablated=ablated)
             out.pow(2).sum().backward()
         runs.append((out.detach(), z.grad))
-    assert model.blocks[0]._norm_folds(torch.ones(1, requires_grad=True, dtype=torch.float64)) == (cfg.norm != "none")
+    assert model.blocks[0]._norm_folds(torch.ones(1, requires_grad=True, dtype=torch.float64)) == (cfg.norm == "rmsnorm")
     torch.testing.assert_close(runs[0][0], runs[1][0], atol=ATOL, rtol=0)
     torch.testing.assert_close(runs[0][1], runs[1][1], atol=1e-8, rtol=1e-8)
 
