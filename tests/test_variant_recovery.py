@@ -97,7 +97,6 @@ FAST = [(f"{name}@{kind}", ablation) for name in ("count", "hist", "shift_by", "
 # not the ground truth at seed 0; in every case it keeps extra edges that the finalizer then removes:
 THRESHOLD_MISSES = {
     ("count@perturbed", "resample"),  # extra input->m0
-    ("count@compressed+perturbed", "zero"),  # extra a0.h0->logits
     ("count@compressed+perturbed", "resample"),  # extra input->m0
     ("hist@perturbed", "resample"),  # extra input->m0
     ("shift_by@perturbed", "zero"),  # extra a0.h0->m0, input->m0, m0->logits
@@ -113,6 +112,15 @@ THRESHOLD_MISSES = {
     ("xor_prev_causal@compressed+perturbed", "resample"),  # extra input->logits
     # 9 extra edges (m0->m1, m1->m2, a1.h0/a1.h1 into m2 and the logits, ...); its final circuit misses too.
     ("detect_pattern@compressed", "zero"),
+}
+
+# (variant, ablation) of FAST whose thresholded circuit at seed 0 depends on the machine: one edge ends its
+# training close to the threshold, and float64 matmuls round differently on different CPUs (MKL picks its
+# kernels by CPU). Their final circuit is still required to be exact; the thresholded one is not asserted.
+THRESHOLD_MACHINE_DEPENDENT = {
+    # extra a0.h0->logits on the machine THRESHOLD_MISSES was measured on and in CI at commit dce53e1;
+    # exact on an AMD EPYC with AVX-512 (2026-12-07), with the same code.
+    ("count@compressed+perturbed", "zero"),
 }
 
 
@@ -147,6 +155,8 @@ def test_variant_recovery_seed_0(name, ablation, pruner, request):
     result = check(name, ablation, 0, pruner, request)
     if request.config.getoption("--pruner") != DEFAULT_PRUNER:
         return  # another pruner is judged by its final circuit only
+    if (name, ablation) in THRESHOLD_MACHINE_DEPENDENT:
+        return
     if (name, ablation) in THRESHOLD_MISSES:
         assert not result.own_exact, (f"{name} {ablation}: the thresholded circuit is now exact; drop it from "
                                       f"THRESHOLD_MISSES")
@@ -164,11 +174,13 @@ def test_variant_recovery_every_seed(name, ablation, seed, pruner, request):
 
 
 def test_known_misses_are_the_committed_measurement():
-    """KNOWN_MISSES and THRESHOLD_MISSES are what bench/results/variant-seeds.json records (and name real
-    variants), so the test and the committed result cannot drift apart."""
+    """KNOWN_MISSES and THRESHOLD_MISSES (with the machine-dependent pairs) are what
+    bench/results/variant-seeds.json records (and name real variants), so the test and the committed
+    result cannot drift apart."""
     rows = {(r["variant"], r["ablation"]): r for r in json.loads(RESULTS.read_text())["rows"]}
     measured = {key: {int(s) for s in r["final misses"]} for key, r in rows.items()
                 if r["kind"] != "compiled" and r["final misses"]}
     assert KNOWN_MISSES == measured
     assert set(FAST) <= set(rows) and all(n in VARIANTS for n, _ in KNOWN_MISSES)
-    assert {key for key in FAST if not rows[key]["thresholded exact seed 0"]} == THRESHOLD_MISSES
+    assert {key for key in FAST if not rows[key]["thresholded exact seed 0"]} == (
+        THRESHOLD_MISSES | THRESHOLD_MACHINE_DEPENDENT)
