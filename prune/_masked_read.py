@@ -173,12 +173,18 @@ class _Grads:
         self.stack, self.z = stack, z
         self.writers: torch.Tensor | None = None  # [W, B, S, D]
         self.mask: torch.Tensor | None = None  # like z
+        # A read with ``lookahead`` (see _ReadWriters) also sums its n writers into the next reader's input:
+        # (reader, n, partial [B*S*D]) until that reader's read completes it. That read's backward leaves
+        # rows :n of its gradient to the lookahead read's: (reader, n, gradient [B*S*D]).
+        self.ahead: tuple[int, int, torch.Tensor] | None = None
+        self.behind: tuple[int, int, torch.Tensor] | None = None
 
     def start(self, n: int) -> None:  # by the last read's backward, which runs first and reads n writers
         # Rows :n are about to be written whole by that read (no need to zero them).
         self.writers = torch.empty_like(self.stack)
         self.writers[n:].zero_()
         self.mask = torch.zeros_like(self.z)
+        self.behind = None
 
 
 class _ReadWriters(torch.autograd.Function):
@@ -201,10 +207,18 @@ class _ReadWriters(torch.autograd.Function):
     every later read's backward before this one, and no earlier read touches
     rows ``first:n``. Likewise the mask's gradient is returned, whole, by the
     first read (``r0 == 0``), whose backward runs last.
+
+    ``lookahead`` (one mask for the batch): the next reader, column ``r1`` (a layer's MLP after its heads'
+    readers), reads these n writers too. This read then sums them into its input as one more row of the
+    same matmul, and that reader's read adds only the writers after them; backward, that read updates
+    only its own rows of the writer and mask gradients and leaves rows :n to this one, one more row of
+    its matmuls. Each pass over ``stack[:n]`` and the writer gradient's rows :n (a reader with one
+    column costs as much memory traffic as one with 36) then serves both. Safe by the ordering above:
+    this read's backward runs after the next reader's, and it runs whenever rows :n need a gradient.
     """
 
     @staticmethod
-    def forward(ctx, z, r0, r1, stack, base, n, grads, first, *new_blocks):
+    def forward(ctx, z, r0, r1, stack, base, n, grads, first, lookahead, *new_blocks):
         ctx.save_for_backward(z)
         ctx.r0, ctx.r1, ctx.n, ctx.first = r0, r1, n, first
         ctx.stack, ctx.grads = stack, grads
@@ -212,13 +226,26 @@ class _ReadWriters(torch.autograd.Function):
         _, B, S, D = stack.shape
         R = r1 - r0
         if z.ndim == 3:  # one mask per example: z [B, W, R_all]
+            ctx.lookahead, ctx.done = False, 0
             zz = z[:, :n, r0:r1]
             delta = stack[:n].reshape(n, B, S * D).transpose(0, 1)  # [B, n, SD]
             out = torch.bmm(zz.transpose(1, 2), delta).transpose(0, 1)  # [R, B, SD]
             out = out.reshape(R, B, S, D) if base is None else out.view(R, B, S, D) + base
             return out
-        zz = z[:n, r0:r1]
-        out = (zz.t() @ stack[:n].reshape(n, -1)).view(R, B, S, D)  # [R, B*S*D]
+        ahead = grads.ahead
+        # Rows :done of this read were summed by the read before (lookahead), into ``partial``.
+        ctx.done = ahead[1] if ahead is not None and ahead[0] == r0 and R == 1 else 0
+        ctx.lookahead = lookahead = bool(lookahead) and r1 < z.shape[1] and not ctx.done
+        grads.ahead = None
+        if ctx.done:
+            partial = ahead[2].view(1, -1)
+            out = torch.addmm(partial, z[ctx.done : n, r0:r1].t(), stack[ctx.done : n].reshape(n - ctx.done, -1))
+        else:
+            out = z[:n, r0 : r1 + lookahead].t() @ stack[:n].reshape(n, -1)  # [R (+ 1), B*S*D]
+        if lookahead:
+            grads.ahead = (r1, n, out[R])
+            out = out[:R]
+        out = out.view(R, B, S, D)
         return out if base is None else out.add_(base)
 
     @staticmethod
@@ -230,16 +257,35 @@ class _ReadWriters(torch.autograd.Function):
         fresh = r1 == z.shape[-1] or grads.writers is None
         if fresh:  # the last read's backward comes first: start afresh
             grads.start(n)
-        zz = z[:, :n, r0:r1] if per_example else z[:n, r0:r1]
         g = grad.reshape(R, B, S * D).transpose(0, 1) if per_example else grad.reshape(R, -1)  # [B, R, SD] / [R, BSD]
+        lo = 0 if fresh else ctx.done  # rows lo:n here; rows :lo (if any) by the read before, with `behind`
+        behind, padded = grads.behind, None
+        if lo:
+            if behind is not None:  # the lookahead read's backward always runs between two of these
+                raise RuntimeError(f"masked read: reader {behind[0]}'s gradient over {behind[1]} writers was left")
+            grads.behind = (r0, lo, g[0])
+        elif ctx.lookahead and behind is not None:
+            if behind[:2] != (r1, n):
+                raise RuntimeError(f"masked read: expected reader {r1}'s gradient over {n} writers, "
+                                   f"found reader {behind[0]}'s over {behind[1]}")
+            # [R + 1, BSD]: the next reader's gradient as one more row, then zero rows to a multiple of 16
+            # (with zero mask columns to match): MKL runs these long products faster at 48 columns than at
+            # 37, measured on the benchmark's CPU (bench/results/step.md)
+            padded = -(-(R + 1) // 16) * 16
+            g = torch.cat([g, behind[2][None], g.new_zeros(padded - R - 1, g.shape[1])])
+            r1, R = r1 + 1, R + 1
+            grads.behind = None
+            zz = torch.cat([z[lo:n, r0:r1], z.new_zeros(n - lo, padded - R)], 1)  # [n - lo, padded]
+        if padded is None:
+            zz = z[:, lo:n, r0:r1] if per_example else z[lo:n, r0:r1]
         if ctx.needs_input_grad[0]:
             if per_example:
                 delta = stack[:n].reshape(n, B, S * D).transpose(0, 1)
                 grads.mask[:, :n, r0:r1] = torch.bmm(delta, g.transpose(1, 2))  # [B, n, R]
             else:
-                grads.mask[:n, r0:r1] = stack[:n].reshape(n, -1) @ g.t()
+                grads.mask[lo:n, r0:r1] = (stack[lo:n].reshape(n - lo, -1) @ g.t())[:, :R]
         news = [None] * len(ctx.sizes)
-        if any(ctx.needs_input_grad[8:]):
+        if any(ctx.needs_input_grad[9:]):
             if per_example:  # writer w of example b gets zz[b, w, :] @ g[b]
                 acc = grads.writers[:n].view(n, B, S * D).transpose(0, 1)  # [B, n, SD]
                 if R == 1:  # an outer product: a broadcast multiply(-add) is much faster than bmm on CPU
@@ -249,7 +295,7 @@ class _ReadWriters(torch.autograd.Function):
                 else:  # on CPU, baddbmm_ into this strided view runs one addmm per example (2-4x slower)
                     acc.add_(torch.bmm(zz, g))
             else:
-                acc = grads.writers[:n].view(n, -1)
+                acc = grads.writers[lo:n].view(n - lo, -1)
                 if fresh:
                     torch.outer(zz[:, 0], g[0], out=acc) if R == 1 else torch.mm(zz, g, out=acc)
                 elif R == 1:
@@ -258,7 +304,7 @@ class _ReadWriters(torch.autograd.Function):
                     acc.addmm_(zz, g)
             news = list(grads.writers[ctx.first : n].split(ctx.sizes))
         grad_mask = grads.mask if r0 == 0 and ctx.needs_input_grad[0] else None
-        return (grad_mask, None, None, None, None, None, None, None, *news)
+        return (grad_mask, None, None, None, None, None, None, None, None, *news)
 
 
 def _read_shared(z, readers, stack, ablated, base, n):
@@ -341,7 +387,9 @@ class _Residual:
         self.pending.append(out)
         self.written = first + n
 
-    def read(self, readers) -> torch.Tensor:  # the readers (a slice or indices) over the writers so far
+    def read(self, readers, lookahead: bool = False) -> torch.Tensor:
+        """The readers' inputs (a slice or indices of columns) over the writers so far. ``lookahead``: the
+        next reader (column ``readers.stop``) is read next, after more writers (see ``_ReadWriters``)."""
         new = list(self.pending)
         self.pending.clear()
         stack, written = self.stack, self.written
@@ -350,7 +398,8 @@ class _Residual:
             out = _read_shared(self.z, readers, stack, self.ablated, base, written)
         else:
             first = written - sum(b.shape[0] for b in new)
-            out = _ReadWriters.apply(self.z, readers.start, readers.stop, stack, base, written, self.grads, first, *new)
+            out = _ReadWriters.apply(self.z, readers.start, readers.stop, stack, base, written, self.grads, first,
+                                     lookahead, *new)
         # Outside the kernels, so that autograd takes the fixed part's gradient (to W_pos and b_O) itself.
         return out if self.fixed is None else out + self.fixed
 

@@ -569,7 +569,7 @@ class Transformer(nn.Module):
             r0, w0 = l * (H + 2 * G + 1), g.head_writer(l, 0)  # readers: H queries, G keys, G values (G = H untied)
             run = [h for h in range(H) if live[w0 + h]]
             if len(run) == H:
-                x = resid.read(slice(r0, r0 + H + 2 * G))  # [H + 2G, B, S, D]
+                x = resid.read(slice(r0, r0 + H + 2 * G), lookahead=True)  # [H + 2G, B, S, D]; then the MLP's
                 heads = block.attention_sublayer(x, attention_mask, rotary, bias_share=share, tied_kv=tied)
             else:  # (sparse only) the live heads' query, key and value readers; the others write zeros
                 heads = self.W_E.new_zeros(H, B, S, cfg.d_model)

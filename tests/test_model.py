@@ -232,6 +232,36 @@ def test_the_norm_folded_into_the_readers_projections_changes_nothing(cfg, seed,
     torch.testing.assert_close(runs[0][1], runs[1][1], atol=1e-8, rtol=1e-8)
 
 
+@given(configs(), st.integers(0, 2**16), st.sampled_from(["zero", "resample", "mean"]), st.booleans())
+def test_reading_the_mlp_ahead_with_the_heads_changes_nothing(cfg, seed, ablation, node_mask):
+    # Each layer's attention read also sums its writers into the MLP reader's input, and the MLP read's
+    # backward leaves those rows of the writer and mask gradients to the attention read's
+    # (prune._masked_read._ReadWriters, lookahead). Without it, every read covers all its writers itself;
+    # the logits, the mask's and the node mask's gradients must agree (float64: rounding, see ATOL).
+    import prune._masked_read as masked_read
+
+    model = random_model(cfg, seed)
+    clean, corrupt = torch.randint(0, cfg.vocab_size, (2, 2, 5))
+    ablated = {"zero": None, "resample": model.writers(corrupt),
+               "mean": model.writers(corrupt).mean(1, keepdim=True)}[ablation]
+    z0 = torch.rand(model.graph.n_edges, dtype=torch.float64)
+    n0 = torch.rand(model.graph.n_writers, dtype=torch.float64) if node_mask else None
+    read = masked_read._Residual.read
+    runs = []
+    for lookahead in (True, False):
+        z = z0.clone().requires_grad_(True)
+        nodes = None if n0 is None else n0.clone().requires_grad_(True)
+        with pytest.MonkeyPatch.context() as mp:
+            if not lookahead:
+                mp.setattr(masked_read._Residual, "read", lambda self, readers, lookahead=False: read(self, readers))
+            out = model(clean, edge_mask=z, node_mask=nodes, ablated=ablated)
+            out.pow(2).sum().backward()
+        runs.append((out.detach(), z.grad, None if nodes is None else nodes.grad))
+    torch.testing.assert_close(runs[0][0], runs[1][0], atol=ATOL, rtol=0)
+    for a, b in zip(runs[0][1:], runs[1][1:], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-8)
+
+
 def test_backward_twice_through_one_graph_gives_the_same_gradient():
     # retain_graph: the second backward must start a fresh accumulation, not add to the first.
     cfg = TransformerConfig(vocab_size=7, d_model=8, n_layers=2, n_heads=2, d_head=4, d_mlp=8, n_positions=6)
