@@ -1,6 +1,6 @@
 """The memory plan (prune.plan) against the measured peak of Edge Pruning steps, on CPU.
 
-    .venv/bin/python bench/plan.py [--json out/plan.json]
+    .venv/bin/python bench/plan.py [--recompute-reads] [--json out/plan.json]
 
 Each configuration runs in its own process: it records its resident memory after importing torch and
 this package (the plan's ``runtime``), builds a random-weight model of the configuration (on the meta
@@ -102,7 +102,7 @@ def _random_examples(cfg, n: int, seq: int):
                     corrupted=torch.randint(0, cfg.vocab_size, (n, seq), generator=g), valid=valid, answer=answer)
 
 
-def child(config: dict, batch: int, seq: int, examples: int) -> dict:
+def child(config: dict, batch: int, seq: int, examples: int, recompute_reads: bool = False) -> dict:
     import torch
 
     from prune.edge_pruning import EdgePruner, language_model_config
@@ -116,11 +116,13 @@ def child(config: dict, batch: int, seq: int, examples: int) -> dict:
     torch.set_num_threads(2)
     runtime = process_resident_bytes()
     cfg = TransformerConfig(**config)
-    plan = plan_step(cfg, batch=batch, seq=seq, examples=examples, runtime_bytes=runtime)
+    plan = plan_step(cfg, batch=batch, seq=seq, examples=examples, runtime_bytes=runtime,
+                     recompute_reads=recompute_reads)
     model = _random_model(cfg)
     ex = _random_examples(cfg, examples, seq)
     pruner = EdgePruner(model, ex, ablation="resample", seed=0,
-                        config=language_model_config(0.9, steps=10**6, batch_size=batch))
+                        config=language_model_config(0.9, steps=10**6, batch_size=batch,
+                                                     recompute_reads=recompute_reads))
     for _ in range(3):
         pruner.step()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -258,7 +260,11 @@ def main(argv=None) -> int:
     p.add_argument("--nproc", type=int, default=1, help="ranks: above 1, the sharded (FSDP) cases")
     p.add_argument("--malloc", choices=["fixed", "kept"], default="fixed",
                    help="kept: only the resident peak with freed memory kept, as prune run's (its SLACK)")
+    p.add_argument("--recompute-reads", action="store_true",
+                   help="the steps recompute the reader inputs in backward (EdgePruningConfig.recompute_reads)")
     args = p.parse_args(argv)
+    if args.recompute_reads and (args.nproc > 1 or args.malloc == "kept"):
+        p.error("--recompute-reads is measured single-process with the fixed threshold only")
     if args.nproc > 1:
         return main_sharded(args.nproc, args.json)
     if args.malloc == "kept":
@@ -266,16 +272,18 @@ def main(argv=None) -> int:
     load = os.getloadavg()[0]
     rows = []
     for name, config, batch, seq, n in CASES:
-        r = _measure([config, batch, seq, n], ENV)
+        case = [config, batch, seq, n, args.recompute_reads]
+        r = _measure(case, ENV)
         r.update(name=name, config=config, batch=batch, seq=seq, examples=n,
                  error=r["plan_bytes"] / r["peak_bytes"] - 1,
-                 peak_bytes_default_malloc=_measure([config, batch, seq, n], {})["peak_bytes"])
+                 peak_bytes_default_malloc=_measure(case, {})["peak_bytes"])
         rows.append(r)
         print(f"{name}, batch {batch} x {seq}, {n} examples: measured {r['peak_bytes'] / 2**30:.3f} GiB "
               f"({r['peak_bytes_default_malloc'] / 2**30:.3f} GiB with glibc's default threshold), planned "
               f"{r['plan_bytes'] / 2**30:.3f} GiB ({100 * r['error']:+.1f}%)", flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    record = {"command": "bench/plan.py", "commit": commit.stdout.strip(), "date": time.strftime("%Y-%m-%d"),
+    command = "bench/plan.py" + (" --recompute-reads" if args.recompute_reads else "")
+    record = {"command": command, "commit": commit.stdout.strip(), "date": time.strftime("%Y-%m-%d"),
               "load_average_at_start": load, "machine": f"{os.cpu_count()} cores, {platform.machine()}",
               "threads": 2, "rows": rows}
     if args.json:

@@ -189,8 +189,10 @@ def _one_measurement(kind: str, shape: str, batch: int, length: int, steps: int,
     examples = Examples(clean=clean, corrupted=torch.randint(0, V, (batch, length), device=dev), valid=valid,
                         answer=answer)
     tie = os.environ.get("BENCH_TIE_KV") == "1" and cfg.kv_heads < cfg.n_heads  # grouped-query shapes only
+    recompute = os.environ.get("BENCH_RECOMPUTE_READS") == "1"
     pruner = EdgePruner(model, examples, ablation="resample", seed=0,
-                        config=language_model_config(0.9, steps=10**6, batch_size=batch, tie_kv=tie))
+                        config=language_model_config(0.9, steps=10**6, batch_size=batch, tie_kv=tie,
+                                                     recompute_reads=recompute))
     times = _time(pruner.step, steps, dev)
     peak = _peak_gib(dev)
     del pruner
@@ -202,11 +204,12 @@ def _one_measurement(kind: str, shape: str, batch: int, length: int, steps: int,
 
 
 def measure(kind: str, shape: str, batch: int, length: int, steps: int, threads: int, device: str,
-            malloc: str = "keep", tie_kv: bool = False) -> dict:
+            malloc: str = "keep", tie_kv: bool = False, recompute_reads: bool = False) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "_measure", kind, shape, str(batch), str(length), str(steps), str(threads), device],
         check=False, capture_output=True, text=True, cwd=ROOT,
-        env={**os.environ, "BENCH_MALLOC": malloc, "BENCH_TIE_KV": "1" if tie_kv else "0"},
+        env={**os.environ, "BENCH_MALLOC": malloc, "BENCH_TIE_KV": "1" if tie_kv else "0",
+             "BENCH_RECOMPUTE_READS": "1" if recompute_reads else "0"},
     )
     if out.returncode != 0:
         return {"kind": kind, "model": shape, "batch": batch, "length": length,
@@ -215,13 +218,14 @@ def measure(kind: str, shape: str, batch: int, length: int, steps: int, threads:
 
 
 def bench_step(steps: int, models: list[str], shapes: list[tuple[int, int]], threads: int, device: str,
-               malloc: str = "keep", tie_kv: bool = False) -> dict:
+               malloc: str = "keep", tie_kv: bool = False, recompute_reads: bool = False) -> dict:
     results = {}
     nan = float("nan")
     for shape in models:
         for batch, length in shapes:
             plain = measure("plain", shape, batch, length, steps, threads, device, malloc)
-            ep = measure("edge_pruning", shape, batch, length, steps, threads, device, malloc, tie_kv)
+            ep = measure("edge_pruning", shape, batch, length, steps, threads, device, malloc, tie_kv,
+                         recompute_reads)
             results[f"{shape} {batch}x{length}"] = {"plain": plain, "edge_pruning": ep, "ratio": ep.get("ratio")}
             ratio = ep.get("ratio")
             print(f"{shape}, batch {batch}, length {length}: Edge Pruning step {ep.get('median_s', nan):.3f} s "
@@ -282,6 +286,8 @@ def main(argv=None):
     parser.add_argument("--tie-kv", action="store_true",
                         help="step: grouped-query shapes run Edge Pruning with tie_kv (one key and one value gate "
                              "per writer and group; keys and values read and projected once per group)")
+    parser.add_argument("--recompute-reads", action="store_true",
+                        help="step: Edge Pruning recomputes the reader inputs in backward instead of keeping them")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     models = args.model.split(",")
@@ -301,8 +307,8 @@ def main(argv=None):
         report["library"] = bench_library(args.seeds, args.ablation, args.threads, programs, args.config)
     if args.part in ("step", "all"):
         report["step"] = bench_step(args.steps, models, args.shapes, args.threads, args.device, args.malloc,
-                                    args.tie_kv)
-        report["machine"].update(malloc=args.malloc, tie_kv=args.tie_kv)
+                                    args.tie_kv, args.recompute_reads)
+        report["machine"].update(malloc=args.malloc, tie_kv=args.tie_kv, recompute_reads=args.recompute_reads)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0

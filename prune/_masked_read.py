@@ -25,6 +25,8 @@ Shapes: B batch, S positions, D d_model, W writers, R readers.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -123,7 +125,7 @@ class _NormProjectReaders(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, eps, W_q, W_k, W_v):
+    def forward(ctx, x, weight, eps, W_q, W_k, W_v, reread=None):
         _, B, S, D = x.shape
         sizes = [W.shape[0] for W in (W_q, W_k, W_v)]
         r = torch.linalg.vector_norm(x, dim=-1).pow_(2).div_(D).add_(eps).rsqrt_().view(-1, B * S)  # [R, B*S]
@@ -133,16 +135,18 @@ class _NormProjectReaders(torch.autograd.Function):
             u = torch.matmul(W.transpose(1, 2), part.transpose(1, 2))  # [n, E, B*S], as _ProjectReaders
             pre.append(u)
             out.append((u * rp[:, None, :]).view(W.shape[0], -1, B, S).permute(2, 0, 3, 1))  # [B, n, S, E]
-        ctx.save_for_backward(x, r, *folded, *pre)
+        # reread (see _Residual.rereader): x is recomputed by backward instead of kept
+        ctx.reread, ctx.shape = reread, x.shape
+        ctx.save_for_backward(None if reread else x, r, *folded, *pre)
         return tuple(out)
 
     @staticmethod
     def backward(ctx, *grads):
         x, r, *rest = ctx.saved_tensors
         folded, pre = rest[:3], rest[3:]
-        _, B, S, D = x.shape
+        _, B, S, D = ctx.shape
         sizes = [W.shape[0] for W in folded]
-        dx = x.new_empty(sum(sizes), B * S, D)
+        dx = r.new_empty(sum(sizes), B * S, D)
         coef = r.new_zeros(r.shape)  # [R, B*S]: -(r^3 / D) (g . u) per row
         for g, W, u, rp, dxp, cp in zip(grads, folded, pre, r.split(sizes), dx.split(sizes), coef.split(sizes),
                                         strict=True):
@@ -152,8 +156,28 @@ class _NormProjectReaders(torch.autograd.Function):
             gy = g.permute(1, 0, 2, 3).reshape(W.shape[0], B * S, -1)  # [n, B*S, E]
             torch.bmm(gy * rp[:, :, None], W.transpose(1, 2), out=dxp)  # [n, B*S, D]
             torch.sum(gy * u.transpose(1, 2), -1, out=cp).mul_(rp.pow(3)).div_(-D)
+        if x is None:
+            x = ctx.reread()
         dx.addcmul_(x.reshape(-1, B * S, D), coef[:, :, None])
-        return dx.view(-1, B, S, D), None, None, None, None, None
+        return dx.view(-1, B, S, D), None, None, None, None, None, None
+
+
+class _RecomputedNorm(torch.autograd.Function):
+    """``norm(x)`` for the readers' inputs ``x`` ``[R, B, S, D]``, frozen norm weights, without keeping
+    ``x``: backward recomputes it with ``reread`` (see :meth:`_Residual.rereader`), then takes the norm's
+    own backward. For the norms that do not fold into the projections (a layer norm)."""
+
+    @staticmethod
+    def forward(ctx, x, norm, reread):
+        ctx.norm, ctx.reread = norm, reread
+        return type(norm).forward(norm, x)  # the module's own computation, without its hooks
+
+    @staticmethod
+    def backward(ctx, grad):
+        with torch.enable_grad():
+            x = ctx.reread().requires_grad_(True)
+            (dx,) = torch.autograd.grad(type(ctx.norm).forward(ctx.norm, x), x, grad)
+        return dx, None, None
 
 
 class _Grads:
@@ -307,6 +331,24 @@ class _ReadWriters(torch.autograd.Function):
         return (grad_mask, None, None, None, None, None, None, None, None, *news)
 
 
+def _reread(z, r0, r1, stack, base, fixed, n):
+    """The values ``_Residual.read`` gave readers ``r0:r1`` over the first ``n`` writers (``[R, B, S, D]``),
+    recomputed without autograd: ``z.T @ stack[:n] + base``, plus the never-ablated part ``fixed``."""
+    _, B, S, D = stack.shape
+    R = r1 - r0
+    with torch.no_grad():
+        if z.ndim == 3:  # [B, W, R_all]
+            delta = stack[:n].reshape(n, B, S * D).transpose(0, 1)  # [B, n, SD]
+            out = torch.bmm(z[:, :n, r0:r1].transpose(1, 2), delta).transpose(0, 1).reshape(R, B, S, D)
+        else:
+            out = (z[:n, r0:r1].t() @ stack[:n].reshape(n, -1)).view(R, B, S, D)
+        if base is not None:
+            out += base
+        if fixed is not None:
+            out += fixed
+    return out
+
+
 def _read_shared(z, readers, stack, ablated, base, n):
     """``_ReadWriters.forward`` for one mask shared by the batch, without gradients (evaluation).
 
@@ -402,6 +444,15 @@ class _Residual:
                                      lookahead, *new)
         # Outside the kernels, so that autograd takes the fixed part's gradient (to W_pos and b_O) itself.
         return out if self.fixed is None else out + self.fixed
+
+    def rereader(self, readers: slice):
+        """A function that recomputes what ``read(readers)`` has just returned (its values, without autograd),
+        for a backward pass that does not keep the readers' inputs: the stack is never rewritten within a
+        forward pass, so it holds the same writers then."""
+        base = None if self.ablated_sum is None else self.ablated_sum.to(self.stack.dtype, copy=True)
+        fixed = None if self.fixed is None else self.fixed.detach()
+        return functools.partial(_reread, self.z.detach(), readers.start, readers.stop, self.stack, base, fixed,
+                                 self.written)
 
     def writers(self) -> torch.Tensor:  # [W, B, S, D], the writers' own outputs (once all are written)
         return self.stack + self.ablated if self.delta else self.stack

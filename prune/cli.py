@@ -91,7 +91,8 @@ CHECKPOINT, CIRCUIT, METRICS, SWEEP, RUN = (
 DRAWING = "circuit"  # the circuit's drawing, circuit.png and circuit.svg (prune.draw)
 OUTPUTS = (CHECKPOINT, CIRCUIT, METRICS, SWEEP, RUN, f"{DRAWING}.png", f"{DRAWING}.svg")
 # What must match for --resume to continue a run (targets may differ: new ones start fresh).
-_RUN_KEYS = ("model", "task", "n", "seed", "ablation", "dtype", "steps", "batch_size", "conventions", "tie_kv")
+_RUN_KEYS = ("model", "task", "n", "seed", "ablation", "dtype", "steps", "batch_size", "conventions", "tie_kv",
+             "recompute_reads")
 # What a finished target's metrics.json records of its run (and must match to be skipped on --resume).
 _METRICS_KEYS = ("task", "ablation", "seed", "steps", "conventions")
 MAX_THREADS = 1024
@@ -349,8 +350,8 @@ def cmd_run(args) -> int:
     if len(set(names)) != len(names):  # cannot happen (the names read back exactly); never share a folder
         raise UsageError(f"--target-edge-sparsity {args.target_edge_sparsity}: two targets would share a folder")
     try:
-        configs = [language_model_config(t, steps=args.steps, batch_size=args.batch_size, tie_kv=args.tie_kv)
-                   for t in targets]
+        configs = [language_model_config(t, steps=args.steps, batch_size=args.batch_size, tie_kv=args.tie_kv,
+                                         recompute_reads=args.recompute_reads) for t in targets]
     except ValueError as err:
         raise UsageError(f"{err}") from None
     _check_model(args.model)
@@ -358,7 +359,7 @@ def cmd_run(args) -> int:
     run_dirs = [args.out / name for name in names]
     record = {"model": _model_key(args.model), "task": args.task, "n": args.n, "seed": args.seed,
               "ablation": args.ablation, "dtype": args.dtype, "steps": args.steps, "batch_size": args.batch_size,
-              "conventions": args.conventions, "tie_kv": args.tie_kv}
+              "conventions": args.conventions, "tie_kv": args.tie_kv, "recompute_reads": args.recompute_reads}
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file, not a folder")
     if not args.no_draw:
@@ -590,7 +591,8 @@ def _check_plan(args, task) -> None:
     n, S = task.examples.clean.shape
     ranks = int(os.environ.get("WORLD_SIZE", "1"))  # sharded: every rank on this machine holds its own share
     batch = -(-min(args.batch_size, n) // ranks)  # examples per rank per step
-    p = plan.plan_step(cfg, batch=batch, seq=S, examples=n, ablation=args.ablation, nproc=ranks)
+    p = plan.plan_step(cfg, batch=batch, seq=S, examples=n, ablation=args.ablation, nproc=ranks,
+                       recompute_reads=args.recompute_reads)
     have = loaders.available_bytes() // ranks  # this rank's part of the machine's memory
     per = f" per rank (of {ranks})" if ranks > 1 else ""
     if p.fits(have) and not p.fits(int(have / SLACK)):
@@ -749,7 +751,8 @@ def cmd_plan(args) -> int:
         cfg = loaders.transformer_config(plan.read_config(args.model))
     except (ValueError, NotImplementedError) as err:
         raise UsageError(f"--model {args.model}: {err}") from None
-    kwargs = dict(seq=args.seq, dtype=dtype, nproc=args.nproc, ablation=args.ablation, device=device)
+    kwargs = dict(seq=args.seq, dtype=dtype, nproc=args.nproc, ablation=args.ablation, device=device,
+                  recompute_reads=args.recompute_reads)
     if args.examples is not None:
         kwargs["examples"] = args.examples
     try:
@@ -882,6 +885,7 @@ def main(argv=None) -> int:
     q.add_argument("--examples", type=positive_int, help="examples in all (default: batch x nproc)")
     q.add_argument("--ablation", default="resample", choices=["zero", "mean", "resample"])
     q.add_argument("--gpu-memory", type=_gib, metavar="GiB", help="plan for a GPU of this memory (default: this CPU)")
+    q.add_argument("--recompute-reads", action="store_true", help="plan for prune run --recompute-reads")
     q.set_defaults(func=cmd_plan)
     e = sub.add_parser("mib-export", help="circuit files into MIB's circuit-track submission layout")
     e.add_argument("circuits", nargs="+", help="circuit JSON files (prune run's circuit.json, EAP-IG's files)")
@@ -916,6 +920,9 @@ def main(argv=None) -> int:
                    help="grouped-query attention: one key and one value gate per writer and key-value group, so "
                         "keys and values are read and projected once per group (circuits keep EAP-IG's "
                         "ungrouped names)")
+    p.add_argument("--recompute-reads", action="store_true",
+                   help="recompute each layer's query, key and value inputs in the backward pass instead of "
+                        "keeping them: less memory for one more read per layer (docs/performance.md)")
     p.add_argument("--threads", type=_threads, default=2,
                    help=f"torch CPU threads (per rank), 1 to {MAX_THREADS} (resume with the same number)")
     p.add_argument("--nproc", type=positive_int, default=1,

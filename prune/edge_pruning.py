@@ -148,6 +148,7 @@ class EdgePruningConfig:
     decay: float = 0.25  # decoupled pull: every step log_alpha -= lr_t * decay (outside Adam)
     finalize: str = "exact"  # "exact": the shared exact finalizer on the training set; "own": log_alpha > 0
     tie_kv: bool = False  # grouped-query attention: one gate per writer and key-value group for key and value edges
+    recompute_reads: bool = False  # recompute each layer's reader inputs in backward instead of keeping them (memory)
 
     def __post_init__(self):
         for name in ("target_sparsity", "node_target_sparsity", "warmup"):
@@ -395,7 +396,8 @@ class EdgePruner:
         part = None if ablated is None else (ablated if ablated.shape[1] == 1 or whole else ablated[:, idx])
         batch = ex if whole else ex.subset(idx)
         logits = model(batch.clean, attention_mask=batch.valid, edge_mask=z, node_mask=nodes, ablated=part,
-                       positions=batch.answer, tied_kv=self.tie is not None)  # [K, out]: answer positions only
+                       positions=batch.answer, tied_kv=self.tie is not None,
+                       recompute_reads=cfg.recompute_reads)  # [K, out]: answer positions only
         rows = batch.answer.nonzero(as_tuple=True)[0]
         reference = self.reference[(self.answer_row if whole else self.answer_row[idx])[batch.answer]]
         per_example = answer_loss(logits, reference, rows, batch.answer, ex.kind, cfg.logit_scale)

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prune._masked_read import _NormProjectReaders, _ProjectReaders, _Residual, _RMSNorm
+from prune._masked_read import _NormProjectReaders, _ProjectReaders, _RecomputedNorm, _Residual, _RMSNorm
 from prune.graph import Graph, check_conventions
 
 __all__ = ["TransformerConfig", "Transformer"]
@@ -176,7 +176,7 @@ class Block(nn.Module):
         self.b_out = nn.Parameter(torch.zeros(D)) if cfg.mlp_bias else None
 
     def attention(self, xq, xk, xv, attention_mask, rotary, heads=None, bias_share=True, tied_kv=False,
-                  norm=None):
+                  norm=None, reread=None):
         """Per-head outputs ``[H, B, S, D]``, with each head's share ``b_O / H`` of the output bias
         unless ``bias_share`` is False (EAP-IG's conventions, where the model adds ``b_O`` itself).
 
@@ -190,7 +190,8 @@ class Block(nn.Module):
         ``heads`` (masked only): the query heads to run, ``[h]`` indices, when
         the inputs are those heads' only; the output is then ``[h, B, S, D]``.
         ``norm`` (masked, one tensor): the RMS norm still to apply to ``xq``, folded into the projections
-        (:class:`prune._masked_read._NormProjectReaders`).
+        (:class:`prune._masked_read._NormProjectReaders`); with ``reread``, a function that recomputes
+        ``xq``, the backward pass recomputes it instead of keeping it.
         """
         cfg = self.cfg
         H, G = cfg.n_heads, cfg.kv_heads
@@ -222,7 +223,7 @@ class Block(nn.Module):
             else:
                 (W_K, b_K), (W_V, b_V) = expand(self.W_K, self.b_K), expand(self.W_V, self.b_V)
             if norm is not None:
-                qkv = _NormProjectReaders.apply(xq, norm.weight, norm.eps, W_Q, W_K, W_V)
+                qkv = _NormProjectReaders.apply(xq, norm.weight, norm.eps, W_Q, W_K, W_V, reread)
             else:
                 qkv = _ProjectReaders.apply(xq, W_Q, W_K, W_V)
             q, k, v = (t if b is None else t + b[None, :, None, :] for t, b in zip(qkv, (b_Q, b_K, b_V), strict=True))
@@ -254,19 +255,27 @@ class Block(nn.Module):
             out = out + self.b_O / H
         return out
 
-    def attention_sublayer(self, x, attention_mask, rotary, heads=None, bias_share=True, tied_kv=False):
+    def attention_sublayer(self, x, attention_mask, rotary, heads=None, bias_share=True, tied_kv=False,
+                           reread=None):
         """``ln1``, then :meth:`attention`, from the residual as the heads' readers take it: one stream
         ``[B, S, D]`` for every head (plain), or each reader's own ``[3n, B, S, D]`` (masked: the ``n``
         query readers of the heads run, then their key and their value readers; with ``tied_kv``,
         ``[H + 2G, B, S, D]``: the key and the value reader of each group's first head stand for the group).
+
+        ``reread`` (masked, with gradients): a function that recomputes ``x``; the backward pass then
+        recomputes the readers' inputs instead of keeping them (``Transformer.forward``'s
+        ``recompute_reads``), where the weights are frozen and ``ln1`` has no hook.
 
         The model calls a block only through its two sublayers, so that under FSDP
         (:mod:`prune.sharding`) each call gathers the block's weights and nothing outside a call needs them.
         """
         if x.ndim == 4 and self._norm_folds(x):  # the readers' inputs normed inside their projections
             return self.attention(x, None, None, attention_mask, rotary, heads=heads, bias_share=bias_share,
-                                  tied_kv=tied_kv, norm=self.ln1)
-        x = self.ln1(x)
+                                  tied_kv=tied_kv, norm=self.ln1, reread=reread)
+        if reread is not None and x.ndim == 4 and self._frozen_unhooked(x):
+            x = _RecomputedNorm.apply(x, self.ln1, reread)
+        else:
+            x = self.ln1(x)
         if x.ndim == 3:
             return self.attention(x, x, x, attention_mask, rotary, heads=heads, bias_share=bias_share)
         return self.attention(x, None, None, attention_mask, rotary, heads=heads, bias_share=bias_share,
@@ -278,14 +287,17 @@ class Block(nn.Module):
         float32 and converts back, which does not fold), frozen weights (the fused kernel gives no weight
         gradients), autograd on (without it, norm then project is as cheap), and no hook on ``ln1`` (one
         that changes its output, as :func:`prune.feature_attribution.linearised` does, would be skipped)."""
-        if (self.ln1.kind != "rmsnorm" or x.dtype not in (torch.float32, torch.float64)
-                or not (torch.is_grad_enabled() and x.requires_grad)):
+        return self.ln1.kind == "rmsnorm" and x.dtype in (torch.float32, torch.float64) and self._frozen_unhooked(x)
+
+    def _frozen_unhooked(self, x) -> bool:
+        """Autograd on for ``x``, ``ln1`` and the query, key and value weights frozen, no hook on ``ln1``."""
+        if not (torch.is_grad_enabled() and x.requires_grad) or self.ln1.kind == "none":
             return False
         ln = self.ln1
         if ln._forward_hooks or ln._forward_pre_hooks or nn.modules.module._global_forward_hooks \
                 or nn.modules.module._global_forward_pre_hooks:
             return False
-        return not any(w.requires_grad for w in (ln.weight, self.W_Q, self.W_K, self.W_V))
+        return not any(w.requires_grad for w in (*ln.parameters(), self.W_Q, self.W_K, self.W_V))
 
     def mlp_sublayer(self, x):  # the residual as the MLP reads it, [B, S, D] -> [B, S, D]
         return self.mlp(self.ln2(x))
@@ -390,6 +402,7 @@ class Transformer(nn.Module):
         positions: torch.Tensor | None = None,
         return_writers: bool = False,
         tied_kv: bool = False,
+        recompute_reads: bool = False,
     ):
         """Logits ``[B, S, out]``; with ``return_writers``, also the writers ``[W, B, S, D]`` (detached).
 
@@ -410,6 +423,10 @@ class Transformer(nn.Module):
         is refused otherwise), so each group's key and value inputs are read and projected once, as the
         plain model projects them. The mask's gradient then goes whole to each group's first head's key
         and value columns (the others get 0): the gradient of the tied gate.
+
+        ``recompute_reads`` (masked, with gradients, frozen attention weights): the backward pass
+        recomputes each layer's query, key and value inputs (``[3H, B, S, D]``, the largest thing a
+        masked step keeps) from the writers instead of keeping them, for one more read per layer.
         """
         self._check_tokens(tokens)
         masked = edge_mask is not None or node_mask is not None
@@ -424,11 +441,12 @@ class Transformer(nn.Module):
         if cfg.positional == "rotary":
             rotary = self._rotary(S, tokens.device, self.W_E.dtype)
         if not masked:
-            if tied_kv:
-                raise ValueError("tied_kv ties key and value masks: it needs an edge_mask")
+            for name, value in (("tied_kv", tied_kv), ("recompute_reads", recompute_reads)):
+                if value:
+                    raise ValueError(f"{name} is for masked runs: it needs an edge_mask")
             return self._plain(tokens, attention_mask, rotary, positions, return_writers)
         return self._masked(tokens, attention_mask, rotary, edge_mask, node_mask, ablated, positions, return_writers,
-                            tied_kv)
+                            tied_kv, recompute_reads)
 
     def _plain(self, tokens, attention_mask, rotary, positions, return_writers):
         g = self.graph
@@ -541,7 +559,7 @@ class Transformer(nn.Module):
                                      f"tie them (one gate per writer and group), or run without tied_kv")
 
     def _masked(self, tokens, attention_mask, rotary, edge_mask, node_mask, ablated, positions, return_writers,
-                tied_kv=False):
+                tied_kv=False, recompute_reads=False):
         g, cfg = self.graph, self.cfg
         B, S = tokens.shape
         H = cfg.n_heads
@@ -569,8 +587,11 @@ class Transformer(nn.Module):
             r0, w0 = l * (H + 2 * G + 1), g.head_writer(l, 0)  # readers: H queries, G keys, G values (G = H untied)
             run = [h for h in range(H) if live[w0 + h]]
             if len(run) == H:
-                x = resid.read(slice(r0, r0 + H + 2 * G), lookahead=True)  # [H + 2G, B, S, D]; then the MLP's
-                heads = block.attention_sublayer(x, attention_mask, rotary, bias_share=share, tied_kv=tied)
+                readers = slice(r0, r0 + H + 2 * G)
+                x = resid.read(readers, lookahead=True)  # [H + 2G, B, S, D]; then the MLP's
+                reread = resid.rereader(readers) if recompute_reads and not sparse else None
+                heads = block.attention_sublayer(x, attention_mask, rotary, bias_share=share, tied_kv=tied,
+                                                 reread=reread)
             else:  # (sparse only) the live heads' query, key and value readers; the others write zeros
                 heads = self.W_E.new_zeros(H, B, S, cfg.d_model)
                 if run:

@@ -32,7 +32,8 @@ holds per rank, in bytes:
 - ``reader inputs``: each layer's ``3H`` query, key and value inputs and its
   MLP input as read from the stack, kept by the norm for its backward
   (``(3H + 1) B S D`` per layer). The projections' weights are frozen, so
-  autograd keeps none of their inputs (the normed copies).
+  autograd keeps none of their inputs (the normed copies). With
+  ``recompute_reads``, only the MLP's input (``B S D`` per layer).
 - ``attention``: queries, keys, values and head outputs ``4 B H S E`` and the
   attention probabilities ``B H S S`` per layer.
 - ``mlp``: the hidden activations kept for backward: the activation's input
@@ -40,7 +41,9 @@ holds per rank, in bytes:
   projection, ``3 B S F``).
 - ``backward transient``: the largest gradients alive at once besides the
   buffer: one layer's reader-input gradient and the norm's intermediate,
-  ``2 (3H + 1) B S D``.
+  ``2 (3H + 1) B S D``; with ``recompute_reads``, also that layer's recomputed
+  inputs, ``3 (3H + 1) B S D``, and with a layer norm (which does not fold into
+  the projections) its normed output too, ``4 (3H + 1) B S D``.
 - ``logits``: the answer positions' logits and their softmax and gradient in
   float32 ``3 B V``, and the full model's reference logits ``N V``.
 - ``masks and optimizer``: the log-alphas with their gradient and Adam's two
@@ -115,9 +118,11 @@ def _check(name: str, value, minimum: int = 1) -> int:
 
 def plan_step(cfg: TransformerConfig, *, batch: int, seq: int, dtype: torch.dtype = torch.float32,
               nproc: int = 1, examples: int | None = None, ablation: str = "resample", device: str = "cpu",
-              runtime_bytes: int | None = None, cuda_context_gib: float = 0.5) -> MemoryPlan:
+              runtime_bytes: int | None = None, cuda_context_gib: float = 0.5,
+              recompute_reads: bool = False) -> MemoryPlan:
     """The memory plan of one step (module doc). ``examples``: the data set's size (default ``batch *
-    nproc``: every rank's batch is its whole share), which resample ablation holds writers for."""
+    nproc``: every rank's batch is its whole share), which resample ablation holds writers for.
+    ``recompute_reads``: the step recomputes the attention reader inputs in backward (``EdgePruningConfig``)."""
     from prune.loaders import estimate_params
 
     B, S, P = _check("batch", batch), _check("seq", seq), _check("nproc", nproc)
@@ -152,16 +157,20 @@ def plan_step(cfg: TransformerConfig, *, batch: int, seq: int, dtype: torch.dtyp
     stack = W * B * S * D * b
     ablated = {"zero": 0, "mean": W * S * D * b, "resample": W * (N // P) * S * D * b}[ablation]
     reads = (3 * H + 1) * B * S * D * b  # one layer's reader inputs
+    # Reader-input-sized gradients alive at once in a layer's backward (module doc). Recomputed, the
+    # layer's inputs are made again there; a layer norm (not folded) also remakes its normed output and
+    # takes its input gradient from the projections: 4, against 3 for the RMS norm folded into them.
+    transient = (4 if cfg.norm == "layernorm" else 3) if recompute_reads else 2
     items = {
         "weights": weights,
         "weight gradients and optimizer": 0,
         "writer stack": stack,
         "gradient buffer": stack,
         "ablated writers": ablated,
-        "reader inputs": L * reads,
+        "reader inputs": L * (B * S * D * b if recompute_reads else reads),  # recomputed: the MLPs' only
         "attention": L * (4 * B * H * S * E + B * H * S * S) * b,
         "mlp": L * (3 if cfg.gated_mlp else 1) * B * S * F * b,
-        "backward transient": 2 * reads,
+        "backward transient": transient * reads,
         "logits": 3 * B * V * 4 + (N // P) * V * b,
         "masks and optimizer": 4 * n_edges * 4 + 3 * W * R * b,
         "runtime": (process_resident_bytes() if runtime_bytes is None else runtime_bytes) if device == "cpu"

@@ -530,6 +530,19 @@ def test_refusals_in_a_subprocess_leave_no_trace(checkpoints, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_recompute_reads_is_recorded_and_resumes_only_as_itself(checkpoints, tmp_path):
+    from safetensors import safe_open
+
+    out = tmp_path / "redone"
+    assert main(_args(checkpoints["llama"], out, "0.9", 4, 100, "--recompute-reads", "--no-draw")) == 0
+    with safe_open(str(out / "target-0.9" / "checkpoint.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["config"])["recompute_reads"] is True
+    assert json.loads((out / "run.json").read_text())["recompute_reads"] is True
+    (out / "target-0.9" / "circuit.json").unlink()
+    (out / "target-0.9" / "metrics.json").unlink()
+    assert main(_args(checkpoints["llama"], out, "0.9", 4, 100, "--resume", "--no-draw")) == 2
+
+
 def test_tie_kv_runs_grouped_query_attention_with_one_gate_per_group(checkpoints, tmp_path):
     from safetensors import safe_open
 

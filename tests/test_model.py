@@ -262,6 +262,35 @@ def test_reading_the_mlp_ahead_with_the_heads_changes_nothing(cfg, seed, ablatio
         torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-8)
 
 
+@given(configs(), st.integers(0, 2**16), st.sampled_from(["zero", "resample", "mean"]), st.booleans(),
+       st.sampled_from(CONVENTIONS))
+def test_recomputing_the_reads_in_backward_changes_nothing(cfg, seed, ablation, per_example, conventions):
+    # recompute_reads: the backward pass recomputes each layer's attention reader inputs from the writer
+    # stack (prune._masked_read._reread) instead of keeping them, inside the RMS norm folded into the
+    # projections (Llama) or around the layer norm (GPT-2); a model without a norm keeps them (Tracr).
+    # The logits and the mask's gradient must be the kept run's (float64: rounding, see ATOL).
+    import prune._masked_read as masked_read
+
+    model = random_model(cfg, seed, conventions)
+    clean, corrupt = torch.randint(0, cfg.vocab_size, (2, 2, 5))
+    ablated = {"zero": None, "resample": model.writers(corrupt),
+               "mean": model.writers(corrupt).mean(1, keepdim=True)}[ablation]
+    z0 = torch.rand(*((2,) if per_example else ()), model.graph.n_edges, dtype=torch.float64)
+    calls = []
+    reread = masked_read._reread
+    runs = []
+    for recompute in (True, False):
+        z = z0.clone().requires_grad_(True)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(masked_read, "_reread", lambda *a: calls.append(1) or reread(*a))
+            out = model(clean, edge_mask=z, ablated=ablated, recompute_reads=recompute)
+            out.pow(2).sum().backward()
+        runs.append((out.detach(), z.grad))
+    assert len(calls) == (0 if cfg.norm == "none" else cfg.n_layers)  # one reread per layer, in the first run
+    torch.testing.assert_close(runs[0][0], runs[1][0], atol=ATOL, rtol=0)
+    torch.testing.assert_close(runs[0][1], runs[1][1], atol=1e-8, rtol=1e-8)
+
+
 def test_backward_twice_through_one_graph_gives_the_same_gradient():
     # retain_graph: the second backward must start a fresh accumulation, not add to the first.
     cfg = TransformerConfig(vocab_size=7, d_model=8, n_layers=2, n_heads=2, d_head=4, d_mlp=8, n_positions=6)
@@ -415,14 +444,16 @@ def test_tied_key_value_masks_read_once_per_group_and_give_the_tied_gradient(per
     shape = (3, g.n_writers, g.n_readers) if per_example else (g.n_writers, g.n_readers)
     gates = torch.rand(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     results = []
-    for tied in (False, True):
+    for tied, recompute in ((False, False), (True, False), (True, True)):  # recompute_reads: the same, tied too
         p = gates.clone().requires_grad_(True)
-        logits = model(tokens, edge_mask=p[..., _tied_columns(model)] * valid, ablated=ablated, tied_kv=tied)
+        logits = model(tokens, edge_mask=p[..., _tied_columns(model)] * valid, ablated=ablated, tied_kv=tied,
+                       recompute_reads=recompute)
         logits.square().sum().backward()
         results.append((logits.detach(), p.grad))
-    (untied, g_untied), (tied, g_tied) = results
-    assert torch.allclose(tied, untied, rtol=0, atol=1e-12 * untied.abs().max())
-    assert torch.allclose(g_tied, g_untied, rtol=0, atol=1e-12 * g_untied.abs().max())
+    (untied, g_untied), *others = results
+    for tied, g_tied in others:
+        assert torch.allclose(tied, untied, rtol=0, atol=1e-12 * untied.abs().max())
+        assert torch.allclose(g_tied, g_untied, rtol=0, atol=1e-12 * g_untied.abs().max())
     assert g_untied.abs().max() > 0
 
 

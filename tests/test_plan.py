@@ -38,6 +38,18 @@ def test_the_items_are_the_step_s_tensors():
     assert zero.items["ablated writers"] == 0
 
 
+def test_recomputed_reads_keep_only_the_mlp_inputs_and_remake_one_layer_s_in_backward():
+    kept = plan.plan_step(GPT2, batch=8, seq=32, runtime_bytes=0)
+    redone = plan.plan_step(GPT2, batch=8, seq=32, runtime_bytes=0, recompute_reads=True)
+    B, S, D = 8, 32, 768
+    reads = 37 * B * S * D * 4  # one layer's 3H + 1 reader inputs
+    assert redone.items["reader inputs"] == 12 * B * S * D * 4
+    assert (kept.items["backward transient"], redone.items["backward transient"]) == (2 * reads, 4 * reads)  # layer norm
+    folded = plan.plan_step(CODELLAMA, batch=1, seq=128, dtype=torch.bfloat16, device="cuda", recompute_reads=True)
+    assert folded.items["backward transient"] == 3 * (3 * 40 + 1) * 128 * 5120 * 2  # the RMS norm folds
+    assert {k for k in kept.items if kept.items[k] != redone.items[k]} == {"reader inputs", "backward transient"}
+
+
 def test_the_plan_scales_with_batch_examples_and_ranks():
     one = plan.plan_step(GPT2, batch=8, seq=32, runtime_bytes=0)
     two = plan.plan_step(GPT2, batch=16, seq=32, runtime_bytes=0)
