@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 
 
 class _RMSNorm(torch.autograd.Function):
@@ -162,22 +163,26 @@ class _NormProjectReaders(torch.autograd.Function):
         return dx.view(-1, B, S, D), None, None, None, None, None, None
 
 
-class _RecomputedNorm(torch.autograd.Function):
-    """``norm(x)`` for the readers' inputs ``x`` ``[R, B, S, D]``, frozen norm weights, without keeping
-    ``x``: backward recomputes it with ``reread`` (see :meth:`_Residual.rereader`), then takes the norm's
-    own backward. For the norms that do not fold into the projections (a layer norm)."""
+class _RecomputedLayerNorm(torch.autograd.Function):
+    """``F.layer_norm`` of the readers' inputs ``x`` ``[R, B, S, D]`` with frozen ``weight`` and ``bias``,
+    without keeping ``x``: backward recomputes it with ``reread`` (see :meth:`_Residual.rereader`), then
+    takes the layer norm's own backward. (An RMS norm folds into the projections instead:
+    :class:`_NormProjectReaders`.) The weights are saved as the forward pass saw them, as the projections'
+    are, so that under FSDP backward finds them gathered."""
 
     @staticmethod
-    def forward(ctx, x, norm, reread):
-        ctx.norm, ctx.reread = norm, reread
-        return type(norm).forward(norm, x)  # the module's own computation, without its hooks
+    def forward(ctx, x, weight, bias, eps, reread):
+        ctx.eps, ctx.reread = eps, reread
+        ctx.save_for_backward(weight, bias)
+        return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
 
     @staticmethod
     def backward(ctx, grad):
+        weight, bias = ctx.saved_tensors
         with torch.enable_grad():
             x = ctx.reread().requires_grad_(True)
-            (dx,) = torch.autograd.grad(type(ctx.norm).forward(ctx.norm, x), x, grad)
-        return dx, None, None
+            (dx,) = torch.autograd.grad(F.layer_norm(x, x.shape[-1:], weight, bias, ctx.eps), x, grad)
+        return dx, None, None, None, None
 
 
 class _Grads:

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prune._masked_read import _NormProjectReaders, _ProjectReaders, _RecomputedNorm, _Residual, _RMSNorm
+from prune._masked_read import _NormProjectReaders, _ProjectReaders, _RecomputedLayerNorm, _Residual, _RMSNorm
 from prune.graph import Graph, check_conventions
 
 __all__ = ["TransformerConfig", "Transformer"]
@@ -264,7 +264,8 @@ class Block(nn.Module):
 
         ``reread`` (masked, with gradients): a function that recomputes ``x``; the backward pass then
         recomputes the readers' inputs instead of keeping them (``Transformer.forward``'s
-        ``recompute_reads``), where the weights are frozen and ``ln1`` has no hook.
+        ``recompute_reads``), where the weights are frozen, ``ln1`` has no hook, and it is an RMS norm in
+        float32 or float64 (folded) or a layer norm (a half-precision RMS norm keeps them).
 
         The model calls a block only through its two sublayers, so that under FSDP
         (:mod:`prune.sharding`) each call gathers the block's weights and nothing outside a call needs them.
@@ -272,8 +273,8 @@ class Block(nn.Module):
         if x.ndim == 4 and self._norm_folds(x):  # the readers' inputs normed inside their projections
             return self.attention(x, None, None, attention_mask, rotary, heads=heads, bias_share=bias_share,
                                   tied_kv=tied_kv, norm=self.ln1, reread=reread)
-        if reread is not None and x.ndim == 4 and self._frozen_unhooked(x):
-            x = _RecomputedNorm.apply(x, self.ln1, reread)
+        if reread is not None and x.ndim == 4 and self.ln1.kind == "layernorm" and self._frozen_unhooked(x):
+            x = _RecomputedLayerNorm.apply(x, self.ln1.weight, self.ln1.bias, self.ln1.eps, reread)
         else:
             x = self.ln1(x)
         if x.ndim == 3:

@@ -530,27 +530,17 @@ def test_refusals_in_a_subprocess_leave_no_trace(checkpoints, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_recompute_reads_is_recorded_and_resumes_only_as_itself(checkpoints, tmp_path):
+@pytest.mark.parametrize(("flag", "key"), [("--tie-kv", "tie_kv"), ("--recompute-reads", "recompute_reads")])
+def test_tie_kv_and_recompute_reads_are_recorded_and_resume_only_as_themselves(checkpoints, tmp_path, flag, key):
+    # --tie-kv: one gate per writer and key-value group (grouped-query attention); --recompute-reads: the
+    # backward pass recomputes the reader inputs. Either is part of the run's configuration.
     from safetensors import safe_open
 
-    out = tmp_path / "redone"
-    assert main(_args(checkpoints["llama"], out, "0.9", 4, 100, "--recompute-reads", "--no-draw")) == 0
+    out = tmp_path / "run"
+    assert main(_args(checkpoints["llama"], out, "0.9", 4, 100, flag, "--no-draw")) == 0
     with safe_open(str(out / "target-0.9" / "checkpoint.safetensors"), framework="pt") as f:
-        assert json.loads(f.metadata()["config"])["recompute_reads"] is True
-    assert json.loads((out / "run.json").read_text())["recompute_reads"] is True
-    (out / "target-0.9" / "circuit.json").unlink()
-    (out / "target-0.9" / "metrics.json").unlink()
-    assert main(_args(checkpoints["llama"], out, "0.9", 4, 100, "--resume", "--no-draw")) == 2
-
-
-def test_tie_kv_runs_grouped_query_attention_with_one_gate_per_group(checkpoints, tmp_path):
-    from safetensors import safe_open
-
-    out = tmp_path / "tied"
-    assert main(_args(checkpoints["llama"], out, "0.9", 4, 100, "--tie-kv", "--no-draw")) == 0
-    with safe_open(str(out / "target-0.9" / "checkpoint.safetensors"), framework="pt") as f:
-        assert json.loads(f.metadata()["config"])["tie_kv"] is True
-    assert json.loads((out / "run.json").read_text())["tie_kv"] is True
+        assert json.loads(f.metadata()["config"])[key] is True
+    assert json.loads((out / "run.json").read_text())[key] is True
     # Resuming without the flag is another run: refused.
     (out / "target-0.9" / "circuit.json").unlink()
     (out / "target-0.9" / "metrics.json").unlink()

@@ -37,8 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 STEPS = 60
 TOLERANCE = 1e-3  # on log-alphas: the module docstring says why
-# (model, ablation, target): each ablation once; the tiny models keep a non-empty circuit at these targets.
-CASES = [("gpt2", "zero", "0.5"), ("llama", "resample", "0.9"), ("llama", "mean", "0.9")]
+# (model, ablation, target, options): each ablation once; the tiny models keep a non-empty circuit at these
+# targets. --recompute-reads once, on a layer norm: its backward needs the norm's weights gathered.
+CASES = [("gpt2", "zero", "0.5", ()), ("llama", "resample", "0.9", ()), ("llama", "mean", "0.9", ()),
+         ("gpt2", "zero", "0.5", ("--recompute-reads",))]
 
 
 def _prune(*argv: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -56,12 +58,12 @@ def _ranks(path: Path) -> str:
         return f.metadata()["ranks"]
 
 
-@pytest.mark.parametrize(("arch", "ablation", "target"), CASES)
+@pytest.mark.parametrize(("arch", "ablation", "target", "options"), CASES)
 def test_two_ranks_give_the_log_alphas_and_circuit_of_one_process(checkpoints, arch, ablation, target,  # noqa: F811
-                                                                  tmp_path):
+                                                                  options, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    assert main(_args(checkpoints[arch], one, target, STEPS, 20, "--no-draw", "--ablation", ablation)) == 0
-    done = _prune(*_args(checkpoints[arch], two, target, STEPS, 20, "--no-draw", "--ablation", ablation,
+    assert main(_args(checkpoints[arch], one, target, STEPS, 20, "--no-draw", "--ablation", ablation, *options)) == 0
+    done = _prune(*_args(checkpoints[arch], two, target, STEPS, 20, "--no-draw", "--ablation", ablation, *options,
                          "--nproc", "2"))
     assert done.returncode == 0, done.stderr[-3000:]
     run_one, run_two = one / f"target-{target}", two / f"target-{target}"
