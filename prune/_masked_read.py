@@ -163,26 +163,40 @@ class _NormProjectReaders(torch.autograd.Function):
         return dx.view(-1, B, S, D), None, None, None, None, None, None
 
 
-class _RecomputedLayerNorm(torch.autograd.Function):
-    """``F.layer_norm`` of the readers' inputs ``x`` ``[R, B, S, D]`` with frozen ``weight`` and ``bias``,
-    without keeping ``x``: backward recomputes it with ``reread`` (see :meth:`_Residual.rereader`), then
-    takes the layer norm's own backward. (An RMS norm folds into the projections instead:
-    :class:`_NormProjectReaders`.) The weights are saved as the forward pass saw them, as the projections'
-    are, so that under FSDP backward finds them gathered."""
+def _norm(kind: str, x, weight, bias, eps):
+    """The model's norms over the last dim (``prune.model._Norm`` calls this): ``layernorm``, ``rmsnorm``
+    (in half precision computed in float32, as Llama does, then converted back) or ``none``."""
+    if kind == "none":
+        return x
+    if kind == "layernorm":
+        return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+        return weight * x32.to(x.dtype)
+    return _RMSNorm.apply(x, weight, eps)
+
+
+class _RecomputedNorm(torch.autograd.Function):
+    """:func:`_norm` of the readers' inputs ``x`` ``[R, B, S, D]`` with frozen weights, without keeping
+    ``x``: backward recomputes it with ``reread`` (see :meth:`_Residual.rereader`), then takes the norm's
+    own backward. For the norms that do not fold into the projections (:class:`_NormProjectReaders`): a
+    layer norm, or an RMS norm in half precision. The weights are saved as the forward pass saw them, as
+    the projections' are, so that under FSDP backward finds them gathered."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, reread):
-        ctx.eps, ctx.reread = eps, reread
+    def forward(ctx, x, kind, weight, bias, eps, reread):
+        ctx.kind, ctx.eps, ctx.reread = kind, eps, reread
         ctx.save_for_backward(weight, bias)
-        return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+        return _norm(kind, x, weight, bias, eps)
 
     @staticmethod
     def backward(ctx, grad):
         weight, bias = ctx.saved_tensors
         with torch.enable_grad():
             x = ctx.reread().requires_grad_(True)
-            (dx,) = torch.autograd.grad(F.layer_norm(x, x.shape[-1:], weight, bias, ctx.eps), x, grad)
-        return dx, None, None, None, None
+            (dx,) = torch.autograd.grad(_norm(ctx.kind, x, weight, bias, ctx.eps), x, grad)
+        return dx, None, None, None, None, None
 
 
 class _Grads:

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prune._masked_read import _NormProjectReaders, _ProjectReaders, _RecomputedLayerNorm, _Residual, _RMSNorm
+from prune._masked_read import _norm, _NormProjectReaders, _ProjectReaders, _RecomputedNorm, _Residual
 from prune.graph import Graph, check_conventions
 
 __all__ = ["TransformerConfig", "Transformer"]
@@ -124,15 +124,7 @@ class _Norm(nn.Module):
             self.bias = nn.Parameter(torch.zeros(d))
 
     def forward(self, x):  # any leading dims, last dim D
-        if self.kind == "none":
-            return x
-        if self.kind == "layernorm":
-            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
-        if x.dtype in (torch.float16, torch.bfloat16):  # in float32, as Llama does, then back
-            x32 = x.float()
-            x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-            return self.weight * x32.to(x.dtype)
-        return _RMSNorm.apply(x, self.weight, self.eps)
+        return _norm(self.kind, x, getattr(self, "weight", None), getattr(self, "bias", None), self.eps)
 
 
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu,
@@ -264,8 +256,7 @@ class Block(nn.Module):
 
         ``reread`` (masked, with gradients): a function that recomputes ``x``; the backward pass then
         recomputes the readers' inputs instead of keeping them (``Transformer.forward``'s
-        ``recompute_reads``), where the weights are frozen, ``ln1`` has no hook, and it is an RMS norm in
-        float32 or float64 (folded) or a layer norm (a half-precision RMS norm keeps them).
+        ``recompute_reads``), where the weights are frozen and ``ln1`` is a norm with no hook.
 
         The model calls a block only through its two sublayers, so that under FSDP
         (:mod:`prune.sharding`) each call gathers the block's weights and nothing outside a call needs them.
@@ -273,8 +264,9 @@ class Block(nn.Module):
         if x.ndim == 4 and self._norm_folds(x):  # the readers' inputs normed inside their projections
             return self.attention(x, None, None, attention_mask, rotary, heads=heads, bias_share=bias_share,
                                   tied_kv=tied_kv, norm=self.ln1, reread=reread)
-        if reread is not None and x.ndim == 4 and self.ln1.kind == "layernorm" and self._frozen_unhooked(x):
-            x = _RecomputedLayerNorm.apply(x, self.ln1.weight, self.ln1.bias, self.ln1.eps, reread)
+        if reread is not None and x.ndim == 4 and self._frozen_unhooked(x):
+            ln = self.ln1
+            x = _RecomputedNorm.apply(x, ln.kind, ln.weight, getattr(ln, "bias", None), ln.eps, reread)
         else:
             x = self.ln1(x)
         if x.ndim == 3:

@@ -42,8 +42,9 @@ holds per rank, in bytes:
 - ``backward transient``: the largest gradients alive at once besides the
   buffer: one layer's reader-input gradient and the norm's intermediate,
   ``2 (3H + 1) B S D``; with ``recompute_reads``, also that layer's recomputed
-  inputs, ``3 (3H + 1) B S D``, and with a layer norm (which does not fold into
-  the projections) its normed output too, ``4 (3H + 1) B S D``.
+  inputs, ``3 (3H + 1) B S D``, and with a norm that does not fold into the
+  projections (a layer norm, an RMS norm in half precision) its normed output
+  too, ``4 (3H + 1) B S D``.
 - ``logits``: the answer positions' logits and their softmax and gradient in
   float32 ``3 B V``, and the full model's reference logits ``N V``.
 - ``masks and optimizer``: the log-alphas with their gradient and Adam's two
@@ -158,9 +159,11 @@ def plan_step(cfg: TransformerConfig, *, batch: int, seq: int, dtype: torch.dtyp
     ablated = {"zero": 0, "mean": W * S * D * b, "resample": W * (N // P) * S * D * b}[ablation]
     reads = (3 * H + 1) * B * S * D * b  # one layer's reader inputs
     # Reader-input-sized gradients alive at once in a layer's backward (module doc). Recomputed, the
-    # layer's inputs are made again there; a layer norm (not folded) also remakes its normed output and
-    # takes its input gradient from the projections: 4, against 3 for the RMS norm folded into them.
-    transient = (4 if cfg.norm == "layernorm" else 3) if recompute_reads else 2
+    # layer's inputs are made again there; a norm that does not fold into the projections (a layer norm,
+    # an RMS norm in half precision) also remakes its normed output and takes its input gradient from the
+    # projections: 4, against 3 for an RMS norm folded into them (float32, float64).
+    folds = cfg.norm == "rmsnorm" and dtype in (torch.float32, torch.float64)
+    transient = (3 if folds else 4) if recompute_reads else 2
     items = {
         "weights": weights,
         "weight gradients and optimizer": 0,
