@@ -33,7 +33,8 @@ holds per rank, in bytes:
   MLP input as read from the stack, kept by the norm for its backward
   (``(3H + 1) B S D`` per layer). The projections' weights are frozen, so
   autograd keeps none of their inputs (the normed copies). With
-  ``recompute_reads``, only the MLP's input (``B S D`` per layer).
+  ``recompute_reads``, only the MLP's input and the ablated writers' sum the
+  attention read took, to redo it (``2 B S D`` per layer under resample ablation).
 - ``attention``: queries, keys, values and head outputs ``4 B H S E`` and the
   attention probabilities ``B H S S`` per layer.
 - ``mlp``: the hidden activations kept for backward: the activation's input
@@ -163,6 +164,8 @@ def plan_step(cfg: TransformerConfig, *, batch: int, seq: int, dtype: torch.dtyp
     # an RMS norm in half precision) also remakes its normed output and takes its input gradient from the
     # projections: 4, against 3 for an RMS norm folded into them (float32, float64).
     folds = cfg.norm == "rmsnorm" and dtype in (torch.float32, torch.float64)
+    # Recomputed: the MLP's input, and the sum of the ablated writers the read took (kept to redo it).
+    kept_sum = {"zero": 0, "mean": S * D * b, "resample": B * S * D * b}[ablation]
     transient = (3 if folds else 4) if recompute_reads else 2
     items = {
         "weights": weights,
@@ -170,7 +173,7 @@ def plan_step(cfg: TransformerConfig, *, batch: int, seq: int, dtype: torch.dtyp
         "writer stack": stack,
         "gradient buffer": stack,
         "ablated writers": ablated,
-        "reader inputs": L * (B * S * D * b if recompute_reads else reads),  # recomputed: the MLPs' only
+        "reader inputs": L * (B * S * D * b + kept_sum if recompute_reads else reads),
         "attention": L * (4 * B * H * S * E + B * H * S * S) * b,
         "mlp": L * (3 if cfg.gated_mlp else 1) * B * S * F * b,
         "backward transient": transient * reads,
