@@ -305,54 +305,105 @@ def _init_distinct(tc: Transcoder, x: torch.Tensor, y: torch.Tensor, gen: torch.
     return len(cand)
 
 
-def _init_steps(tc: Transcoder, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Steps along the input direction the output depends on most: "above this value, the output changes by d".
-
-    ``u``: the input coordinate of largest linear effect on the output (least squares
-    ``y ~ x``: its coefficients' norm times its spread), signed so that the inputs' mean
-    projection on it is positive (a value held in the residual stream). The distinct
-    projections ``v_1 < ... < v_K`` (rounded to 4 decimals) and their mean outputs
-    ``y_1 .. y_K`` give a step ``d_k = y_k - y_{k-1}`` between neighbours; each step is a
-    pair of features along ``u``, ``|d_k| relu(a (p - v_{k-1}))`` writing the unit ``+d_k``
-    and ``|d_k| relu(a (p - v_{k-1}) - 1)`` writing ``-d_k``, ``a = 1 / (v_k - v_{k-1})``,
-    whose difference is 0 up to ``v_{k-1}`` and ``d_k`` from ``v_k`` on. The largest steps
-    are kept when they need more than ``d_transcoder`` features; the rest start silent.
-    Returns ``b_dec``: ``y_1``. Data only: inputs, outputs, their means.
-    """
-    T, D = tc.cfg.d_transcoder, x.shape[1]
-    U = _relevant_basis(x, y)
-    rest = torch.randint(0, len(x), (T,), generator=gen)
-    with torch.no_grad():
-        tc.W_enc.zero_()
-        tc.b_enc.fill_(-1.0)
-        tc.W_dec.copy_(_unit_rows(y[rest] - y.mean(0), gen))
-    if U.shape[1] == 0:
-        return y.mean(0)
-    xc, yc = (x - x.mean(0)).double(), (y - y.mean(0)).double()
-    effect = (torch.linalg.pinv(xc, rtol=1e-6) @ yc).norm(dim=-1) * xc.std(0)  # [D]: each input coordinate's
-    u = torch.zeros(D)  # linear effect on the output; u the coordinate of largest effect (a stored variable)
+def _steps_along(x: torch.Tensor, r: torch.Tensor, budget: int, scale: torch.Tensor):
+    """One round of :func:`_init_steps` on the residual ``r``: ``(encoders [n, D], biases [n], decoders [n, D],
+    the residual's mean at the lowest value [D])``, or None when no input coordinate has a linear effect on it."""
+    D = x.shape[1]
+    xc, rc = (x - x.mean(0)).double(), (r - r.mean(0)).double()
+    effect = (torch.linalg.pinv(xc, rtol=1e-6) @ rc).norm(dim=-1) * xc.std(0)  # [D]: each input coordinate's
+    if not bool(effect.max() > 0):  # linear effect on the residual; u the coordinate of largest effect
+        return None
+    u = torch.zeros(D)
     u[int(effect.argmax())] = 1.0
-    if bool((x @ u).mean() < 0):
+    if bool((x @ u).mean() < 0):  # signed so that the inputs' mean projection is positive (a value held)
         u = -u
     p = x @ u  # [N]
     vals, inv, counts = torch.unique(p.round(decimals=4), return_inverse=True, return_counts=True)  # ascending
     K = len(vals)
     cp = torch.zeros(K).index_add_(0, inv, p) / counts
-    cy = torch.zeros(K, D).index_add_(0, inv, y) / counts[:, None]
-    d = cy[1:] - cy[:-1]  # [K - 1, D]
+    cr = torch.zeros(K, D).index_add_(0, inv, r) / counts[:, None]
+    d = cr[1:] - cr[:-1]  # [K - 1, D]: the step between neighbouring values
     size = d.norm(dim=-1)
-    scale = (y - y.mean(0)).norm(dim=-1).mean().clamp_min(1e-12)
     order = torch.argsort(size, descending=True, stable=True)
-    order = order[size[order] > 1e-3 * scale][: T // 2]
+    order = order[size[order] > 1e-3 * scale][: budget // 2]
+    enc, bias, dec = [], [], []
+    for k in order.tolist():
+        a = 1.0 / (cp[k + 1] - cp[k]).clamp_min(1e-6)
+        for shift, sign in ((0.0, 1.0), (1.0, -1.0)):
+            enc.append(size[k] * a * u)
+            bias.append(-size[k] * (a * cp[k] + shift))
+            dec.append(sign * d[k] / size[k])
+    if not enc:
+        return None
+    return torch.stack(enc), torch.stack(bias), torch.stack(dec), cr[0]
+
+
+def _init_steps(tc: Transcoder, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
+                rounds: int = 4) -> torch.Tensor:
+    """Steps along the input coordinates the output depends on: "above this value, the output changes by d".
+
+    A round takes the input coordinate ``u`` of largest linear effect on what is left to
+    explain, the residual ``r = y - y_hat`` (least squares ``r ~ x``: its coefficients'
+    norm times the coordinate's spread), signed so that the inputs' mean projection on it
+    is positive (a value held in the residual stream). The distinct projections
+    ``v_1 < ... < v_K`` (rounded to 4 decimals) and their mean residuals ``r_1 .. r_K``
+    give a step ``d_k = r_k - r_{k-1}`` between neighbours; each step is a pair of
+    features along ``u``, ``|d_k| relu(a (p - v_{k-1}))`` writing the unit ``+d_k`` and
+    ``|d_k| relu(a (p - v_{k-1}) - 1)`` writing ``-d_k``, ``a = 1 / (v_k - v_{k-1})``,
+    whose difference is 0 up to ``v_{k-1}`` and ``d_k`` from ``v_k`` on; ``b_dec`` moves
+    by ``r_1``. The largest steps are kept when they need more features than are left.
+    Rounds repeat (at most ``rounds``) while one lowers the squared residual by more than
+    0.1%: a layer where Tracr placed several numerical MLPs side by side (``is_majority``'s
+    two ``SelectorWidth``\\ s) gets steps along each one's input. Features still free then
+    start as :func:`_init_distinct` of the residual (e.g. the BOS position's own unit);
+    the rest start silent. Returns ``b_dec``. Data only: inputs, outputs, their means.
+    """
+    T, D = tc.cfg.d_transcoder, x.shape[1]
+    rest = torch.randint(0, len(x), (T,), generator=gen)
     with torch.no_grad():
-        for j, k in enumerate(order.tolist()):
-            a = 1.0 / (cp[k + 1] - cp[k]).clamp_min(1e-6)
-            for m, (shift, sign) in enumerate(((0.0, 1.0), (1.0, -1.0))):
-                i = 2 * j + m
-                tc.W_enc[:, i] = size[k] * a * u
-                tc.b_enc[i] = -size[k] * (a * cp[k] + shift)
-                tc.W_dec[i] = sign * d[k] / size[k]
-    return cy[0]
+        tc.W_enc.zero_()
+        tc.b_enc.fill_(-1.0)
+        tc.W_dec.copy_(_unit_rows(y[rest] - y.mean(0), gen))
+    b_dec = y.mean(0)
+    if _relevant_basis(x, y).shape[1] == 0:
+        return b_dec
+    scale = (y - y.mean(0)).norm(dim=-1).mean().clamp_min(1e-12)
+    used = 0
+
+    def residual(bias):
+        with torch.no_grad():
+            tc.b_dec.copy_(bias)
+            return y - tc(x)
+
+    r = residual(b_dec)
+    for _ in range(rounds):
+        if T - used < 2 or not bool(r.norm(dim=-1).mean() > 1e-3 * scale):
+            break
+        step = _steps_along(x, r, T - used, scale)
+        if step is None:
+            break
+        enc, bias, dec, base = step
+        n, kept = len(enc), (tc.W_enc.clone(), tc.b_enc.clone(), tc.W_dec.clone())
+        with torch.no_grad():
+            tc.W_enc[:, used:used + n] = enc.T
+            tc.b_enc[used:used + n] = bias
+            tc.W_dec[used:used + n] = dec
+        after = residual(b_dec + base)
+        if not bool(after.pow(2).sum() < (1 - 1e-3) * r.pow(2).sum()):
+            with torch.no_grad():  # this round explains nothing more: undone
+                tc.W_enc.copy_(kept[0])
+                tc.b_enc.copy_(kept[1])
+                tc.W_dec.copy_(kept[2])
+            break
+        b_dec, used, r = b_dec + base, used + n, after
+    if used and T > used and bool(r.norm(dim=-1).mean() > 1e-3 * scale):
+        rest = Transcoder(TranscoderConfig(d_model=D, d_transcoder=T - used, layer=tc.cfg.layer))
+        _init_distinct(rest, x, r, gen, torch.zeros(D))
+        with torch.no_grad():
+            tc.W_enc[:, used:] = rest.W_enc
+            tc.b_enc[used:] = rest.b_enc
+            tc.W_dec[used:] = rest.W_dec
+    return b_dec
 
 
 def _resample_dead(tc: Transcoder, opt: torch.optim.Adam, x: torch.Tensor, y: torch.Tensor,
