@@ -47,7 +47,7 @@ from prune.transcoder import (  # noqa: E402
 # the load of the runs before --load-note existed: written by hand in their header
 SHARED = "the 2 cores were shared with other engineers' work throughout, so the seconds are indicative only"
 SUMMED = ("evaluable", "recovered", "functional", "recovered_raw", "dead", "dense", "never_fire", "constant",
-          "silent", "trained")
+          "silent", "trained", "confounded", "recovered_unconfounded")
 
 
 def bench_layer(model, ex, layer: int, width: int) -> tuple[Transcoder, dict]:
@@ -110,6 +110,8 @@ def header(meta: dict, rows: list[dict]) -> list[str]:
     goal = 0.9 if kind else 0.95  # issue 14: 95% on the compiled library, 90% on variants
     hit_rec = sum(r["recovered"] >= goal * r["evaluable"] for r in rows)
     hit_dec = sum(r["agreement"] >= 0.99 for r in rows)
+    conf, rec_u = sum(r["confounded"] for r in rows), sum(r["recovered_unconfounded"] for r in rows)
+    hit_u = sum(r["recovered_unconfounded"] >= goal * (r["evaluable"] - r["confounded"]) for r in rows)
     return [
         f"# Transcoders on the library's {kind} variants (`bench/transcoders.py --variant {kind}`)" if kind else
         "# Transcoders on the compiled library (`bench/transcoders.py`)", "",
@@ -135,10 +137,17 @@ def header(meta: dict, rows: list[dict]) -> list[str]:
         f"since `match_features` lists them as `silent`: {sum(r['silent'] for r in rows)} of "
         f"{sum(r['silent'] + r['evaluable'] for r in rows)} that fire and vary (counting them, "
         f"{rec}/{sum(r['silent'] + r['evaluable'] for r in rows)} recovered).", "",
+        f"Confounded true features (a diagnostic; the figures above count them): evaluable units that the "
+        f"evaluation inputs cannot tell from another evaluable unit, because one feature computes what the two "
+        f"write together exactly on every input (`match_features`: activations proportional on every input, or "
+        f"one decoder direction, disjoint firing and one ReLU of the summed pre-activations): "
+        f"{conf} of {ev}. Of the other {ev - conf}, {rec_u} are recovered ({pct(rec_u, ev - conf)}); "
+        f">= 95% of those on {hit_u}/{len(rows)} programs.", "",
         "Columns: *true* = evaluable true features (hidden units that fire, vary and write on the evaluation "
         "set; never-firing, constant and silent ones are counted apart), *rec* = recovered by cosines (data span), "
         "*raw* = "
-        "recovered with raw encoder cosines, *func* = functional match, *dead*/*dense* = trained features "
+        "recovered with raw encoder cosines, *func* = functional match, *conf* = confounded true features, "
+        "*rec, unconf* = recovered of the unconfounded ones, *dead*/*dense* = trained features "
         "never active / active on > 50% of inputs, *agree* = replacement model (no error terms) decoding "
         "alike, *KL* = mean KL(original || replacement) at answer positions, *err* = max |logit difference| "
         "with error terms kept, *ideal* = agreement of the ideal transcoder (the compiled MLP itself).", "",
@@ -146,25 +155,28 @@ def header(meta: dict, rows: list[dict]) -> list[str]:
 
 
 def table(rows: list[dict]) -> list[str]:
-    lines = ["| program | MLP layers | true | never / constant / silent | rec | raw | func | dead | dense | agree | KL "
-             "| err | ideal | train s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| program | MLP layers | true | never / constant / silent | rec | raw | func | conf | rec, unconf | dead "
+             "| dense | agree | KL | err | ideal | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         kl = "-" if r["kl"] is None else f"{r['kl']:.2g}"
         lines.append(
             f"| {r['program']} | {len(r['layers'])} | {r['evaluable']} | {r['never_fire']} / {r['constant']} / "
             f"{r['silent']} | "
             f"{r['recovered']} ({pct(r['recovered'], r['evaluable'])}) | {r['recovered_raw']} | "
-            f"{r['functional']} ({pct(r['functional'], r['evaluable'])}) | {r['dead']} | {r['dense']} | "
+            f"{r['functional']} ({pct(r['functional'], r['evaluable'])}) | {r['confounded']} | "
+            f"{r['recovered_unconfounded']}/{r['evaluable'] - r['confounded']} | {r['dead']} | {r['dense']} | "
             f"{100 * r['agreement']:.1f}% | {kl} | {r['error_term_max_diff']:.1g} | "
             f"{100 * r['ideal_agreement']:.0f}% | {r['seconds']:.1f} |")
     lines += ["", "Per layer (true width, inputs, final normalised MSE, mean active features L0, resampled, the "
               "initialisation kept by `init=\"best\"` and the step its weights are from, -1 the last):", "",
-              "| program | layer | width | inputs | true | rec | func | nmse | L0 | resampled | init | step |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| program | layer | width | inputs | true | rec | func | conf | nmse | L0 | resampled | init | step |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         for q in r["layers"]:
             lines.append(f"| {r['program']} | {q['layer']} | {q['width']} | {q['inputs']} | {q['evaluable']} | "
-                         f"{q['recovered']} | {q['functional']} | {q['nmse']:.1e} | {q['l0']:.2f} | "
+                         f"{q['recovered']} | {q['functional']} | {q['confounded']} | {q['nmse']:.1e} | "
+                         f"{q['l0']:.2f} | "
                          f"{q['resampled']} | {q['init']} | {q['best_step']} |")
     return lines
 

@@ -1016,6 +1016,7 @@ class FeatureMatch:
     dead: tuple[int, ...]  # trained features inactive on every input
     dense: tuple[int, ...]  # trained features active on more than dense_fraction of the inputs
     silent: tuple[int, ...] = ()  # true features (not empty) that fire and vary but write nothing (zero decoder)
+    confounded: tuple[int, ...] = ()  # evaluable true features the inputs cannot tell from another (a diagnostic)
 
     @property
     def recovered_fraction(self) -> float:
@@ -1028,7 +1029,8 @@ class FeatureMatch:
                 "functional": len(self.functional),
                 "recovered_fraction": self.recovered_fraction, "split": len(self.split),
                 "merged": len(self.merged), "dead": len(self.dead), "dense": len(self.dense),
-                "trained": self.n_trained}
+                "trained": self.n_trained, "confounded": len(self.confounded),
+                "recovered_unconfounded": len(set(self.recovered) - set(self.confounded))}
 
 
 def _data_span(x: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
@@ -1084,6 +1086,22 @@ def match_features(trained: Transcoder, true: Transcoder, x_in: torch.Tensor, *,
     nothing: the MLP computes the same function without them, and no decoder cosine is
     defined for them (the ideal transcoder would not recover itself). They are listed apart
     as ``silent``, not evaluable.
+
+    *confounded* (a diagnostic; the counts above do not change): evaluable true features
+    that these inputs cannot tell apart from another evaluable one, because a single
+    feature computes what the two write together, exactly, on every input:
+
+    - *co-firing*: ``i``'s activations are a multiple of ``j``'s on every input (cosine of
+      the two activation columns >= 1 - 1e-9): one feature with ``j``'s activation and the
+      decoder ``c W_dec[i] + W_dec[j]`` writes both (``SelectorWidth``'s BOS unit and the
+      pair of its last breakpoint, which fire on the BOS position only);
+    - *merge*: ``i`` and ``j`` write one direction (decoder cosine >= 1 - 1e-9) and the
+      single ReLU of their summed pre-activations (each scaled by its decoder norm) equals
+      the sum of their scaled activations on every input (relative error <= 1e-9): a lookup
+      table's two input values mapped to one output value.
+
+    A transcoder trained on these inputs alone has no reason, from reconstruction or from
+    any activation penalty, to prefer the two features to their single stand-in.
     """
     if span not in ("data", "raw"):
         raise ValueError(f"span={span!r}; choose 'data' or 'raw'")
@@ -1122,6 +1140,8 @@ def match_features(trained: Transcoder, true: Transcoder, x_in: torch.Tensor, *,
     merges = ((cover >= threshold) & (dec >= 0.5) & evaluable[:, None]).sum(0) >= 2
     merges &= live & ~dense
 
+    confounded = _confounded(true, x, ft, evaluable)
+
     def ids(mask):
         return tuple(int(i) for i in mask.nonzero().flatten())
 
@@ -1141,5 +1161,30 @@ def match_features(trained: Transcoder, true: Transcoder, x_in: torch.Tensor, *,
         recovered_by=tuple(int(a) for a in rec_by), recovered=ids(rec_by >= 0),
         functional=ids(((dec >= threshold) & (corr >= threshold)).any(1) & evaluable),
         split=ids(splits & evaluable), merged=ids(merges), dead=ids(~live), dense=ids(dense & live),
-        silent=ids(silent),
+        silent=ids(silent), confounded=ids(confounded),
     )
+
+
+def _confounded(true: Transcoder, x: torch.Tensor, ft: torch.Tensor, evaluable: torch.Tensor,
+                tol: float = 1e-9) -> torch.Tensor:
+    """``[Tt]`` bool: evaluable true features with a co-firing or a merge partner (:func:`match_features`)."""
+    ev = evaluable.nonzero().flatten()
+    out = torch.zeros_like(evaluable)
+    if len(ev) < 2:
+        return out
+    f = ft[:, ev]  # [N, E], float64
+    fn = f / f.norm(dim=0, keepdim=True)
+    cofire = (fn.T @ fn) >= 1 - tol  # [E, E]
+    dnorm = true.W_dec[ev].norm(dim=-1)  # [E]
+    dec = true.W_dec[ev] / dnorm[:, None]
+    candidates = (dec @ dec.T) >= 1 - tol  # one direction
+    pre = (x @ true.W_enc[:, ev] + true.b_enc[ev]) * dnorm  # [N, E]: pre-activations scaled by decoder norms
+    scaled = f * dnorm
+    merge = torch.zeros_like(cofire)
+    for a, b in candidates.triu(1).nonzero().tolist():
+        together = (scaled[:, a] + scaled[:, b])
+        err = (torch.relu(pre[:, a] + pre[:, b]) - together).abs().max()
+        merge[a, b] = merge[b, a] = bool(err <= tol * together.abs().max().clamp_min(1e-300))
+    partner = (cofire & ~torch.eye(len(ev), dtype=torch.bool)) | merge
+    out[ev] = partner.any(1)
+    return out

@@ -369,6 +369,53 @@ def test_the_compiled_mlp_recovers_itself():
     assert all(float(ideal.W_dec[i].abs().sum()) == 0 for i in m.silent)
 
 
+def _lookup_table(outputs: list[int], D_out: int = 3) -> tuple[Transcoder, torch.Tensor]:
+    """A lookup table over one-hot inputs: unit v fires (with 1) on input value v and writes e_{outputs[v]}."""
+    V = len(outputs)
+    tc = Transcoder(TranscoderConfig(d_model=V + D_out, d_transcoder=V, layer=0))
+    with torch.no_grad():
+        tc.W_enc.zero_()
+        tc.b_enc.zero_()
+        tc.W_dec.zero_()
+        tc.b_dec.zero_()
+        for v, out in enumerate(outputs):
+            tc.W_enc[v, v] = 1.0
+            tc.W_dec[v, V + out] = 1.0
+    x = torch.eye(V, V + D_out).repeat(5, 1)  # every value, five times
+    return tc, x
+
+
+def test_confounded_features_are_those_one_feature_computes_with_another():
+    """Two input values that a lookup table maps to one output are computed exactly by one feature reading both
+    (the inputs cannot tell it from the two): both are confounded, the third unit not. Moving one decoder off the
+    shared direction, or an activation off the single ReLU, unconfounds them."""
+    tc, x = _lookup_table([0, 0, 1])
+    m = match_features(tc, tc, x)
+    assert m.evaluable == (0, 1, 2) and m.recovered == (0, 1, 2)
+    assert m.confounded == (0, 1)
+    assert m.summary()["confounded"] == 2 and m.summary()["recovered_unconfounded"] == 1
+    apart, _ = _lookup_table([0, 0, 1])
+    with torch.no_grad():
+        apart.W_dec[1, 3:] = torch.tensor([1.0, 0.01, 0.0])
+    assert match_features(apart, apart, x).confounded == ()
+    with torch.no_grad():  # unit 1 also fires (at 0.5) on value 0: the sum is no longer one ReLU of the summed inputs
+        apart.W_dec[1, 3:] = torch.tensor([1.0, 0.0, 0.0])
+        apart.W_enc[0, 1], apart.b_enc[0] = 0.5, 0.0
+        apart.W_enc[1, 0] = -1.0
+    assert match_features(apart, apart, x).confounded == ()
+
+
+def test_selector_widths_bos_units_are_confounded():
+    """length's SelectorWidth MLP: the BOS unit and the pair of the last breakpoint fire on the BOS position only,
+    with proportional activations, so one feature computes the three; the other 8 units are told apart."""
+    art = artifact("length")
+    x, _ = mlp_activations(art.model, 0, art.examples.clean, art.examples.valid)
+    ideal = Transcoder.from_mlp(art.model.blocks[0], 0)
+    m = match_features(ideal, ideal, x)
+    assert len(m.evaluable) == 11 and m.confounded == (0, 9, 10)
+    assert m.summary()["recovered_unconfounded"] == 8
+
+
 def test_distinct_inputs_recover_a_compiled_lookup_table():
     """sort's layer-0 MLP is a lookup table (one unit per distinct input, 15 of them): the "distinct"
     initialisation places one feature per distinct input as the output sees it, and every unit is recovered."""
