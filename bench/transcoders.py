@@ -140,7 +140,7 @@ def header(meta: dict, rows: list[dict]) -> list[str]:
         f"Confounded true features (a diagnostic; the figures above count them): evaluable units that the "
         f"evaluation inputs cannot tell from another evaluable unit, because one feature computes what the two "
         f"write together exactly on every input (`match_features`: activations proportional on every input, or "
-        f"one decoder direction, disjoint firing and one ReLU of the summed pre-activations): "
+        f"one decoder direction and one ReLU of the summed pre-activations): "
         f"{conf} of {ev}. Of the other {ev - conf}, {rec_u} are recovered ({pct(rec_u, ev - conf)}); "
         f">= 95% of those on {hit_u}/{len(rows)} programs.", "",
         "Columns: *true* = evaluable true features (hidden units that fire, vary and write on the evaluation "
