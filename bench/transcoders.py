@@ -142,7 +142,7 @@ def header(meta: dict, rows: list[dict]) -> list[str]:
         f"write together exactly on every input (`match_features`: activations proportional on every input, or "
         f"one decoder direction and one ReLU of the summed pre-activations): "
         f"{conf} of {ev}. Of the other {ev - conf}, {rec_u} are recovered ({pct(rec_u, ev - conf)}); "
-        f">= 95% of those on {hit_u}/{len(rows)} programs.", "",
+        f">= {100 * goal:.0f}% of those on {hit_u}/{len(rows)} programs.", "",
         "Columns: *true* = evaluable true features (hidden units that fire, vary and write on the evaluation "
         "set; never-firing, constant and silent ones are counted apart), *rec* = recovered by cosines (data span), "
         "*raw* = "

@@ -462,16 +462,15 @@ def fit_transcoder(
     input during the last ``resample_every`` steps are resampled (:func:`_resample_dead`)
     until ``resample_until`` of the steps. ``init``: ``"sample"`` (each feature from a
     random input, :func:`_init_from_data`), ``"distinct"`` (one feature per distinct input
-    as the output sees it, :func:`_init_distinct`), ``"steps"`` (pairs of ReLUs cutting
-    the most relevant input coordinate where the output changes, :func:`_init_steps`), or
+    as the output sees it, :func:`_init_distinct`), ``"steps"`` (rounds of pairs of ReLUs cutting
+    the input coordinates the output depends on where it changes, :func:`_init_steps`), or
     ``"best"`` (default: a run from each, ``steps`` steps apiece, keeping the one of lowest
     loss on the whole set; within ``tie_tol`` of it, the one of least L0, then the first;
     ``tc.log.init`` says which). ``keep_best``: keep the weights of lowest loss on the
     whole set among those at the start, every ``resample_every`` steps (before resampling)
     and the end, so a near-exact start is never trained away; a run stops at such a check
     once that loss is <= ``tol``. Every start uses the layer's inputs and outputs only.
-    On the compiled library this recipe recovers 205 of 418 true features and the
-    replacement decodes >= 99% on 19 of 22 programs (bench/results/transcoders.md); on a
+    Its figures on the compiled library are in bench/results/transcoders.md; on a
     language model, where no start is exact, pass ``l1`` (e.g. 0.03 with ``weight_decay=0.3``)
     for sparse features.
     Deterministic for a seed (same inputs, same weights, bit for bit).
