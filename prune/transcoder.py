@@ -397,12 +397,12 @@ def _init_steps(tc: Transcoder, x: torch.Tensor, y: torch.Tensor, gen: torch.Gen
             break
         b_dec, used, r = b_dec + base, used + n, after
     if used and T > used and bool(r.norm(dim=-1).mean() > 1e-3 * scale):
-        rest = Transcoder(TranscoderConfig(d_model=D, d_transcoder=T - used, layer=tc.cfg.layer))
-        _init_distinct(rest, x, r, gen, torch.zeros(D))
+        leftover = Transcoder(TranscoderConfig(d_model=D, d_transcoder=T - used, layer=tc.cfg.layer))
+        _init_distinct(leftover, x, r, gen, torch.zeros(D))  # the residual's baseline is 0
         with torch.no_grad():
-            tc.W_enc[:, used:] = rest.W_enc
-            tc.b_enc[used:] = rest.b_enc
-            tc.W_dec[used:] = rest.W_dec
+            tc.W_enc[:, used:] = leftover.W_enc
+            tc.b_enc[used:] = leftover.b_enc
+            tc.W_dec[used:] = leftover.W_dec
     return b_dec
 
 

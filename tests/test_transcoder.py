@@ -454,6 +454,18 @@ def test_steps_follow_every_numerical_mlp_of_a_layer():
     assert replacement_faithfulness(art.model, replace_mlps(art.model, {0: tc}), art.examples).agreement == 1.0
 
 
+def test_steps_leave_what_is_not_numerical_to_distinct_inputs():
+    """shuffle_dyck's layer 0 holds a SelectorWidth and two categorical maps (bools_open, bools_close): after the
+    steps, the features left start as one per distinct input of the residual, so the start is exact (normalised
+    MSE 1e-10, kept at step 0; steps alone: 2e-5 after training)."""
+    art = artifact("shuffle_dyck")
+    x, y = mlp_activations(art.model, 0, art.examples.clean, art.examples.valid)
+    tc = fit_transcoder(x, y, layer=0, d_transcoder=32, init="steps", steps=200, progress=False)
+    assert tc.log.nmse < 1e-8 and tc.log.best_step == 0
+    m = match_features(tc, Transcoder.from_mlp(art.model.blocks[0], 0), x)
+    assert len(m.evaluable) == 15 and len(m.recovered) >= 10
+
+
 def test_best_keeps_the_lowest_loss_and_is_deterministic():
     art = artifact("sort")
     x, y = mlp_activations(art.model, 0, art.examples.clean, art.examples.valid)
