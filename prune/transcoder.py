@@ -323,16 +323,24 @@ def _steps_along(x: torch.Tensor, r: torch.Tensor, budget: int, scale: torch.Ten
     cp = torch.zeros(K).index_add_(0, inv, p) / counts
     cr = torch.zeros(K, D).index_add_(0, inv, r) / counts[:, None]
     d = cr[1:] - cr[:-1]  # [K - 1, D]: the step between neighbouring values
-    size = d.norm(dim=-1)
+    # neighbouring steps of one slope (the output linear in the value there) make one ramp: a pair from its
+    # first value to its last, as a linear numerical MLP computes it (pair_balance's opens - closes)
+    slope = d / (cp[1:] - cp[:-1]).clamp_min(1e-6)[:, None]
+    starts = [0] + [k for k in range(1, K - 1) if not bool(
+        (slope[k] - slope[k - 1]).norm() <= 1e-4 * torch.maximum(slope[k].norm(), slope[k - 1].norm()))]
+    lo = torch.tensor(starts, dtype=torch.long)  # [S]: each ramp's first value, and its last
+    hi = torch.tensor(starts[1:] + [K - 1], dtype=torch.long)
+    step = cr[hi] - cr[lo]  # [S, D]
+    size = step.norm(dim=-1)
     order = torch.argsort(size, descending=True, stable=True)
     order = order[size[order] > 1e-3 * scale][: budget // 2]
     enc, bias, dec = [], [], []
     for k in order.tolist():
-        a = 1.0 / (cp[k + 1] - cp[k]).clamp_min(1e-6)
+        a = 1.0 / (cp[hi[k]] - cp[lo[k]]).clamp_min(1e-6)
         for shift, sign in ((0.0, 1.0), (1.0, -1.0)):
             enc.append(size[k] * a * u)
-            bias.append(-size[k] * (a * cp[k] + shift))
-            dec.append(sign * d[k] / size[k])
+            bias.append(-size[k] * (a * cp[lo[k]] + shift))
+            dec.append(sign * step[k] / size[k])
     if not enc:
         return None
     return torch.stack(enc), torch.stack(bias), torch.stack(dec), cr[0]
@@ -351,7 +359,10 @@ def _init_steps(tc: Transcoder, x: torch.Tensor, y: torch.Tensor, gen: torch.Gen
     features along ``u``, ``|d_k| relu(a (p - v_{k-1}))`` writing the unit ``+d_k`` and
     ``|d_k| relu(a (p - v_{k-1}) - 1)`` writing ``-d_k``, ``a = 1 / (v_k - v_{k-1})``,
     whose difference is 0 up to ``v_{k-1}`` and ``d_k`` from ``v_k`` on; ``b_dec`` moves
-    by ``r_1``. The largest steps are kept when they need more features than are left.
+    by ``r_1``. Neighbouring steps of one slope ``d_k / (v_k - v_{k-1})`` (within 1e-4)
+    make one ramp, a single pair from its first value to its last: a linear numerical MLP
+    is one pair per input, not one per value. The largest steps are kept when they need
+    more features than are left.
     Rounds repeat (at most ``rounds``) while one lowers the squared residual by more than
     0.1%: a layer where Tracr placed several numerical MLPs side by side (``is_majority``'s
     two ``SelectorWidth``\\ s) gets steps along each one's input. Features still free then
